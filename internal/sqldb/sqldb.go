@@ -1,0 +1,273 @@
+// Package sqldb opens Myelin's database — SQLite (pure Go, so the binary stays static) or
+// PostgreSQL through pgx — and hides the differences between the two, so that every component
+// writes its SQL once. Queries use PostgreSQL's $1 placeholders; on SQLite they are rewritten
+// to ?1. Migrations are embedded per component and written in PostgreSQL's dialect with a few
+// type names that are translated for SQLite (see Migrate).
+//
+// On SQLite there is exactly one writer connection (WAL mode, synchronous=FULL so that a commit
+// survives power loss, busy timeout) and a pool of
+// read-only connections, so writes never contend for the database lock and reads never wait
+// for writes. On PostgreSQL both go through one pgxpool.
+//
+// It imports no component.
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Dialect says which database is behind a DB.
+type Dialect int
+
+// The dialects Myelin supports.
+const (
+	SQLite Dialect = iota + 1
+	Postgres
+)
+
+func (d Dialect) String() string {
+	if d == Postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// ErrNotFound is returned by storage methods for a missing row.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned by storage methods when a unique key is taken.
+var ErrExists = errors.New("already exists")
+
+// Options tune the connection pool.
+type Options struct {
+	MaxOpenConns    int
+	MaxIdleConns    int
+	ConnMaxLifetime time.Duration
+}
+
+// DB is an open database. It is safe for concurrent use.
+type DB struct {
+	dialect Dialect
+	w       *sql.DB // the single SQLite writer, or the PostgreSQL pool
+	r       *sql.DB // SQLite readers, or the same PostgreSQL pool
+	pool    *pgxpool.Pool
+	queries sync.Map // query text → rewritten text (SQLite)
+}
+
+// Open connects to the database named by conn: "file:path" for SQLite (the file and its folder
+// are created) or "postgres://…"/"postgresql://…" for PostgreSQL.
+func Open(ctx context.Context, conn string, opts Options) (*DB, error) {
+	switch {
+	case strings.HasPrefix(conn, "file:"):
+		return openSQLite(ctx, conn, opts)
+	case strings.HasPrefix(conn, "postgres://"), strings.HasPrefix(conn, "postgresql://"):
+		return openPostgres(ctx, conn, opts)
+	default:
+		return nil, fmt.Errorf("database connection string must start with file:, postgres:// or postgresql://")
+	}
+}
+
+// SQLitePath returns the file path of a "file:" connection string.
+func SQLitePath(conn string) string {
+	p := strings.TrimPrefix(conn, "file:")
+	p = strings.TrimPrefix(p, "//")
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	return p
+}
+
+func openSQLite(ctx context.Context, conn string, opts Options) (*DB, error) {
+	path := SQLitePath(conn)
+	if path == "" {
+		return nil, fmt.Errorf("sqlite connection string %q has no path", conn)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating database folder: %w", err)
+		}
+	}
+	w, err := sql.Open(sqliteDriver, sqliteDSN(path, false))
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite writer: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	// The first connection creates the file and switches it to WAL before any reader opens.
+	if err := w.PingContext(ctx); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening sqlite database %s: %w", path, err)
+	}
+	r, err := sql.Open(sqliteDriver, sqliteDSN(path, true))
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("opening sqlite readers: %w", err)
+	}
+	n := opts.MaxOpenConns
+	if n <= 0 || n > 16 {
+		n = 8
+	}
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	return &DB{dialect: SQLite, w: w, r: r}, nil
+}
+
+func openPostgres(ctx context.Context, conn string, opts Options) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(conn)
+	if err != nil {
+		return nil, fmt.Errorf("parsing postgres connection string: %w", err)
+	}
+	if opts.MaxOpenConns > 0 {
+		cfg.MaxConns = int32(opts.MaxOpenConns)
+	}
+	if opts.ConnMaxLifetime > 0 {
+		cfg.MaxConnLifetime = opts.ConnMaxLifetime
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connecting to postgres %s: %w", redactURL(conn), err)
+	}
+	db := stdlib.OpenDBFromPool(pool)
+	return &DB{dialect: Postgres, w: db, r: db, pool: pool}, nil
+}
+
+// redactURL drops the password from a connection URL so it can be logged.
+func redactURL(conn string) string {
+	u, err := url.Parse(conn)
+	if err != nil {
+		return "(unparseable)"
+	}
+	return u.Redacted()
+}
+
+// Dialect says which database db is.
+func (db *DB) Dialect() Dialect { return db.dialect }
+
+// Close closes every connection.
+func (db *DB) Close() error {
+	if db.dialect == SQLite {
+		return errors.Join(db.r.Close(), db.w.Close())
+	}
+	err := db.w.Close()
+	db.pool.Close()
+	return err
+}
+
+// Exec runs a statement that writes.
+func (db *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return db.w.ExecContext(ctx, db.rebind(q), args...)
+}
+
+// Query runs a read-only query.
+func (db *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return db.r.QueryContext(ctx, db.rebind(q), args...)
+}
+
+// QueryRow runs a read-only query that returns at most one row.
+func (db *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return db.r.QueryRowContext(ctx, db.rebind(q), args...)
+}
+
+// Tx is a write transaction.
+type Tx struct {
+	tx *sql.Tx
+	db *DB
+}
+
+// Exec runs a statement inside the transaction.
+func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(ctx, t.db.rebind(q), args...)
+}
+
+// Query runs a query inside the transaction.
+func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, t.db.rebind(q), args...)
+}
+
+// QueryRow runs a one-row query inside the transaction.
+func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.tx.QueryRowContext(ctx, t.db.rebind(q), args...)
+}
+
+// WithTx runs fn in a write transaction, committing if it returns nil and rolling back
+// otherwise. fn's error is returned unwrapped.
+func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	if err := fn(&Tx{tx: tx, db: db}); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing transaction: %w", err)
+	}
+	return nil
+}
+
+// rebind rewrites $N placeholders to ?N for SQLite. SQLite would otherwise bind "$2" by order
+// of first appearance rather than by number.
+func (db *DB) rebind(q string) string {
+	if db.dialect != SQLite || !strings.Contains(q, "$") {
+		return q
+	}
+	if v, ok := db.queries.Load(q); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	b.Grow(len(q))
+	inString := false
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if c == '\'' {
+			inString = !inString
+		}
+		if c == '$' && !inString && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9' {
+			b.WriteByte('?')
+			continue
+		}
+		b.WriteByte(c)
+	}
+	s := b.String()
+	db.queries.Store(q, s)
+	return s
+}
+
+// IsUniqueViolation reports whether err is a unique-constraint violation.
+func IsUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "23505"
+	}
+	return sqliteIsUnique(err)
+}
+
+// NotFound maps sql.ErrNoRows to ErrNotFound and leaves other errors alone.
+func NotFound(err error) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
