@@ -1,6 +1,6 @@
 // Package matrix holds the vocabulary shared by every component: the Matrix error type that
-// clients see, error codes, and identifier validation. It imports only the standard library
-// and gomatrixserverlib's spec package.
+// clients see, error codes, identifier validation, filters and the client event format. It
+// imports only the standard library and gomatrixserverlib.
 package matrix
 
 import (
