@@ -81,15 +81,15 @@ type Device struct {
 
 // Errors returned by the service.
 var (
-	ErrUnknownToken  = errors.New("unknown token")
-	ErrExpiredToken  = errors.New("expired token")
-	ErrNoSuchUser    = errors.New("no such user")
-	ErrBadPassword   = errors.New("wrong password")
-	ErrDeactivated   = errors.New("account deactivated")
-	ErrUserInUse     = errors.New("user ID already taken")
-	ErrPasswordLong  = errors.New("password longer than 72 bytes")
-	ErrNotFound      = sqldb.ErrNotFound
-	ErrInvalidToken  = errors.New("invalid registration token")
+	ErrUnknownToken = errors.New("unknown token")
+	ErrExpiredToken = errors.New("expired token")
+	ErrNoSuchUser   = errors.New("no such user")
+	ErrBadPassword  = errors.New("wrong password")
+	ErrDeactivated  = errors.New("account deactivated")
+	ErrUserInUse    = errors.New("user ID already taken")
+	ErrPasswordLong = errors.New("password longer than 72 bytes")
+	ErrNotFound     = sqldb.ErrNotFound
+	ErrInvalidToken = errors.New("invalid registration token")
 )
 
 func (s *Service) nowMS() int64 { return s.now().UnixMilli() }
