@@ -72,8 +72,10 @@ func writeError(w http.ResponseWriter, e *matrix.Error) {
 	for k, v := range e.Extra {
 		body[k] = v
 	}
-	body["errcode"] = e.Code
-	body["error"] = e.Message
+	if e.Code != "" { // a user-interactive auth challenge carries no error
+		body["errcode"] = e.Code
+		body["error"] = e.Message
+	}
 	_ = WriteJSON(w, e.Status, body)
 }
 
@@ -120,8 +122,9 @@ func ReadBody(r *http.Request) ([]byte, error) {
 	return b, nil
 }
 
-// DecodeJSON reads a JSON object body into v. A body that is not a JSON object gives 400
-// M_NOT_JSON; one whose fields have the wrong types gives 400 M_BAD_JSON.
+// DecodeJSON reads a JSON object body into v. A body that is not JSON (or not UTF-8) gives 400
+// M_NOT_JSON; JSON that is not an object, or whose fields have the wrong types, gives 400
+// M_BAD_JSON.
 func DecodeJSON(r *http.Request, v any) error {
 	b, err := ReadBody(r)
 	if err != nil {
@@ -148,7 +151,8 @@ func UnmarshalObject(b []byte, v any) error {
 		return matrix.Errorf(http.StatusBadRequest, matrix.CodeNotJSON, "content is not valid JSON")
 	}
 	if first := firstNonSpace(b); first != '{' {
-		return matrix.Errorf(http.StatusBadRequest, matrix.CodeNotJSON, "content is not a JSON object")
+		// Valid JSON of the wrong shape is bad JSON, as Synapse answers.
+		return matrix.BadJSON("content must be a JSON object")
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		var te *json.UnmarshalTypeError
@@ -204,4 +208,16 @@ func Logger(ctx context.Context) *slog.Logger {
 		return l
 	}
 	return slog.Default()
+}
+
+// Prefix registers routes under a path prefix directly on a router. Unlike a mux subrouter, a
+// known path with a wrong method then still answers 405 rather than 404.
+type Prefix struct {
+	Router *mux.Router
+	Path   string
+}
+
+// Handle registers h for Path+path.
+func (p Prefix) Handle(path string, h http.Handler) *mux.Route {
+	return p.Router.Handle(p.Path+path, h)
 }
