@@ -1,0 +1,408 @@
+package clientapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/internal/matrix"
+	"github.com/myelin-chat/myelin/internal/sqldb"
+	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/userapi"
+)
+
+// Rooms is what clientapi needs of the roomserver.
+type Rooms interface {
+	CreateRoom(ctx context.Context, r roomserver.CreateRoomRequest) (string, error)
+	Send(ctx context.Context, r roomserver.SendRequest) (string, error)
+	Event(ctx context.Context, eventID string) (*roomserver.Event, error)
+	CurrentState(ctx context.Context, roomID string) ([]*roomserver.Event, error)
+	CurrentStateEvent(ctx context.Context, roomID, evType, stateKey string) (*roomserver.Event, error)
+	Membership(ctx context.Context, roomID, userID string) (string, *roomserver.Event, error)
+	RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error)
+	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
+}
+
+func (s *Service) registerRooms(c httpx.Prefix) {
+	get, post, put := http.MethodGet, http.MethodPost, http.MethodPut
+	c.Handle("/createRoom", s.authed(s.createRoom)).Methods(post)
+	c.Handle("/joined_rooms", s.authed(s.joinedRooms)).Methods(get)
+	c.Handle("/rooms/{roomID}/join", s.authed(s.joinRoom)).Methods(post)
+	c.Handle("/join/{roomIDOrAlias}", s.authed(s.joinRoom)).Methods(post)
+	c.Handle("/rooms/{roomID}/leave", s.authed(s.leaveRoom)).Methods(post)
+	c.Handle("/rooms/{roomID}/{action:(?:invite|kick|ban|unban)}", s.authed(s.membershipAction)).Methods(post)
+	c.Handle("/rooms/{roomID}/send/{type}/{txnID}", s.authed(s.sendEvent)).Methods(put)
+	c.Handle("/rooms/{roomID}/state", s.authed(s.roomState)).Methods(get)
+	c.Handle("/rooms/{roomID}/state/{type}", s.authed(s.stateEvent)).Methods(get)
+	c.Handle("/rooms/{roomID}/state/{type}/", s.authed(s.stateEvent)).Methods(get)
+	c.Handle("/rooms/{roomID}/state/{type}/{stateKey}", s.authed(s.stateEvent)).Methods(get)
+	c.Handle("/rooms/{roomID}/state/{type}", s.authed(s.putState)).Methods(put)
+	c.Handle("/rooms/{roomID}/state/{type}/", s.authed(s.putState)).Methods(put)
+	c.Handle("/rooms/{roomID}/state/{type}/{stateKey}", s.authed(s.putState)).Methods(put)
+	c.Handle("/rooms/{roomID}/redact/{eventID}/{txnID}", s.authed(s.redact)).Methods(put)
+	c.Handle("/rooms/{roomID}/event/{eventID}", s.authed(s.getEvent)).Methods(get)
+	c.Handle("/rooms/{roomID}/joined_members", s.authed(s.joinedMembers)).Methods(get)
+}
+
+// roomErr turns roomserver's not-found into the client error.
+func roomErr(err error) error {
+	if errors.Is(err, sqldb.ErrNotFound) {
+		return matrix.NotFound("room or event not found")
+	}
+	return err
+}
+
+// checkContent applies the spec's canonical-JSON number rules to event content: integers
+// only, within ±(2^53−1). It returns 400 M_BAD_JSON.
+func checkContent(raw []byte) error {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return matrix.BadJSON("content is not valid JSON")
+	}
+	return checkNumbers(v)
+}
+
+func checkNumbers(v any) error {
+	switch t := v.(type) {
+	case json.Number:
+		n, err := t.Int64()
+		if err != nil || strings.ContainsAny(t.String(), ".eE") {
+			return matrix.BadJSON("numbers in events must be integers")
+		}
+		if n > 1<<53-1 || n < -(1<<53-1) {
+			return matrix.BadJSON("integer %s is out of the canonical JSON range", t)
+		}
+	case map[string]any:
+		for _, e := range t {
+			if err := checkNumbers(e); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for _, e := range t {
+			if err := checkNumbers(e); err != nil {
+				return err
+			}
+		}
+	case float64:
+		if t != math.Trunc(t) {
+			return matrix.BadJSON("numbers in events must be integers")
+		}
+	}
+	return nil
+}
+
+// decodeContent reads an event content object from the body.
+func decodeContent(r *http.Request) (json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	b, err := httpx.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := httpx.UnmarshalObject(b, &obj); err != nil {
+		return nil, err
+	}
+	if err := checkContent(b); err != nil {
+		return nil, err
+	}
+	return json.RawMessage(b), nil
+}
+
+func (s *Service) sendEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	content, err := decodeContent(r)
+	if err != nil {
+		return err
+	}
+	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: httpx.Var(r, "type"), Content: content,
+		Txn: &roomserver.Txn{DeviceID: dev.DeviceID, TxnID: httpx.Var(r, "txnID")},
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"event_id": id})
+}
+
+func (s *Service) putState(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	content, err := decodeContent(r)
+	if err != nil {
+		return err
+	}
+	sk := httpx.Var(r, "stateKey")
+	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: httpx.Var(r, "type"), StateKey: &sk, Content: content,
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"event_id": id})
+}
+
+func (s *Service) redact(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	var body struct {
+		Reason string `json:"reason,omitempty"`
+	}
+	if err := httpx.DecodeJSONOptional(r, &body); err != nil {
+		return err
+	}
+	roomID, target := httpx.Var(r, "roomID"), httpx.Var(r, "eventID")
+	content := map[string]any{}
+	if body.Reason != "" {
+		content["reason"] = body.Reason
+	}
+	ver, err := s.rooms.RoomVersion(r.Context(), roomID)
+	if err != nil {
+		return roomErr(err)
+	}
+	if ver == gomatrixserverlib.RoomVersionV11 || ver == gomatrixserverlib.RoomVersionV12 {
+		content["redacts"] = target // v11 moved redacts into content
+	}
+	raw, _ := json.Marshal(content)
+	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: roomID, Sender: dev.UserID, Type: "m.room.redaction", Content: raw, Redacts: target,
+		Txn: &roomserver.Txn{DeviceID: dev.DeviceID, TxnID: "redact/" + httpx.Var(r, "txnID")},
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"event_id": id})
+}
+
+// requireJoined returns 403 unless userID is joined to roomID.
+func (s *Service) requireJoined(ctx context.Context, roomID, userID string) error {
+	m, _, err := s.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return roomErr(err)
+	}
+	if m != "join" {
+		return matrix.Forbidden("you are not joined to %s", roomID)
+	}
+	return nil
+}
+
+func (s *Service) roomState(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	roomID := httpx.Var(r, "roomID")
+	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
+		return err
+	}
+	evs, err := s.rooms.CurrentState(r.Context(), roomID)
+	if err != nil {
+		return roomErr(err)
+	}
+	out := make([]matrix.ClientEvent, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, matrix.ToClientEvent(e.PDU, matrix.ClientEventOptions{}))
+	}
+	return httpx.WriteJSON(w, http.StatusOK, out)
+}
+
+func (s *Service) stateEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	roomID := httpx.Var(r, "roomID")
+	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
+		return err
+	}
+	ev, err := s.rooms.CurrentStateEvent(r.Context(), roomID, httpx.Var(r, "type"), httpx.Var(r, "stateKey"))
+	if errors.Is(err, sqldb.ErrNotFound) {
+		return matrix.NotFound("state event not found")
+	}
+	if err != nil {
+		return err
+	}
+	if r.URL.Query().Get("format") == "event" {
+		return httpx.WriteJSON(w, http.StatusOK, matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{}))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(ev.PDU.Content())
+	return err
+}
+
+func (s *Service) getEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	roomID := httpx.Var(r, "roomID")
+	ev, err := s.rooms.Event(r.Context(), httpx.Var(r, "eventID"))
+	if err != nil || ev.PDU.RoomID().String() != roomID {
+		return matrix.NotFound("event not found")
+	}
+	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
+		return matrix.NotFound("event not found")
+	}
+	return httpx.WriteJSON(w, http.StatusOK, matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{}))
+}
+
+func (s *Service) joinedRooms(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	ids, err := s.rooms.RoomsForUser(r.Context(), dev.UserID, "join")
+	if err != nil {
+		return err
+	}
+	if ids == nil {
+		ids = []string{}
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"joined_rooms": ids})
+}
+
+func (s *Service) joinedMembers(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	roomID := httpx.Var(r, "roomID")
+	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
+		return err
+	}
+	evs, err := s.rooms.CurrentState(r.Context(), roomID)
+	if err != nil {
+		return roomErr(err)
+	}
+	type member struct {
+		DisplayName string `json:"display_name,omitempty"`
+		AvatarURL   string `json:"avatar_url,omitempty"`
+	}
+	joined := map[string]member{}
+	for _, e := range evs {
+		if e.PDU.Type() != "m.room.member" || e.PDU.StateKey() == nil {
+			continue
+		}
+		var c struct {
+			Membership  string `json:"membership"`
+			DisplayName string `json:"displayname"`
+			AvatarURL   string `json:"avatar_url"`
+		}
+		_ = json.Unmarshal(e.PDU.Content(), &c)
+		if c.Membership == "join" {
+			joined[*e.PDU.StateKey()] = member{c.DisplayName, c.AvatarURL}
+		}
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"joined": joined})
+}
+
+// memberContent builds m.room.member content for userID with its profile.
+func (s *Service) memberContent(ctx context.Context, userID, membership string, extra map[string]any) json.RawMessage {
+	c := map[string]any{"membership": membership}
+	if membership == "join" || membership == "invite" {
+		if p, err := s.users.Profile(ctx, userID); err == nil {
+			if p.DisplayName != "" {
+				c["displayname"] = p.DisplayName
+			}
+			if p.AvatarURL != "" {
+				c["avatar_url"] = p.AvatarURL
+			}
+		}
+	}
+	for k, v := range extra {
+		c[k] = v
+	}
+	b, _ := json.Marshal(c)
+	return b
+}
+
+func (s *Service) joinRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	var body struct {
+		Reason string `json:"reason,omitempty"`
+	}
+	if err := httpx.DecodeJSONOptional(r, &body); err != nil {
+		return err
+	}
+	roomID := httpx.Var(r, "roomID")
+	if roomID == "" {
+		roomID = httpx.Var(r, "roomIDOrAlias")
+	}
+	if !strings.HasPrefix(roomID, "!") {
+		return matrix.NotFound("room aliases are not resolvable yet")
+	}
+	extra := map[string]any{}
+	if body.Reason != "" {
+		extra["reason"] = body.Reason
+	}
+	uid := dev.UserID
+	_, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid,
+		Content: s.memberContent(r.Context(), uid, "join", extra),
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+}
+
+func (s *Service) leaveRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	var body struct {
+		Reason string `json:"reason,omitempty"`
+	}
+	if err := httpx.DecodeJSONOptional(r, &body); err != nil {
+		return err
+	}
+	uid := dev.UserID
+	extra := map[string]any{}
+	if body.Reason != "" {
+		extra["reason"] = body.Reason
+	}
+	_, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: httpx.Var(r, "roomID"), Sender: uid, Type: "m.room.member", StateKey: &uid,
+		Content: s.memberContent(r.Context(), uid, "leave", extra),
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+func (s *Service) membershipAction(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	var body struct {
+		UserID string `json:"user_id"`
+		Reason string `json:"reason,omitempty"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if _, _, err := matrix.SplitID('@', body.UserID); err != nil {
+		return matrix.BadJSON("user_id must be a user ID")
+	}
+	membership := map[string]string{"invite": "invite", "kick": "leave", "ban": "ban", "unban": "leave"}[httpx.Var(r, "action")]
+	extra := map[string]any{}
+	if body.Reason != "" {
+		extra["reason"] = body.Reason
+	}
+	target := body.UserID
+	_, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: "m.room.member", StateKey: &target,
+		Content: s.memberContent(r.Context(), target, membership, extra),
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+// updateMemberships re-sends userID's join event in every joined room after a profile change,
+// so the rooms show the new name and avatar.
+func (s *Service) updateMemberships(ctx context.Context, userID string) error {
+	if s.rooms == nil {
+		return nil
+	}
+	rooms, err := s.rooms.RoomsForUser(ctx, userID, "join")
+	if err != nil {
+		return err
+	}
+	for _, roomID := range rooms {
+		_, cur, err := s.rooms.Membership(ctx, roomID, userID)
+		if err != nil || cur == nil {
+			continue
+		}
+		var extra map[string]any
+		_ = json.Unmarshal(cur.PDU.Content(), &extra)
+		delete(extra, "displayname")
+		delete(extra, "avatar_url")
+		uid := userID
+		if _, err := s.rooms.Send(ctx, roomserver.SendRequest{
+			RoomID: roomID, Sender: userID, Type: "m.room.member", StateKey: &uid,
+			Content: s.memberContent(ctx, userID, "join", extra),
+		}); err != nil {
+			s.log.Warn("updating membership after profile change", "room_id", roomID, "user_id", userID, "error", err)
+		}
+	}
+	return nil
+}
