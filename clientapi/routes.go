@@ -52,4 +52,5 @@ func (s *Service) Register(r *mux.Router) {
 	c.Handle("/user/{userID}/filter/{filterID}", s.authed(s.getFilter)).Methods(get)
 
 	s.registerRooms(c)
+	s.registerRoomReads(c)
 }

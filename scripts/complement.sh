@@ -2,7 +2,8 @@
 # Builds the Myelin Complement image and runs Complement against it. See docs/complement.md.
 set -euo pipefail
 
-readonly IMAGE=myelin-complement:latest
+# MYELIN_COMPLEMENT_IMAGE and MYELIN_COMPLEMENT_RESULTS let several runs share a machine.
+readonly IMAGE=${MYELIN_COMPLEMENT_IMAGE:-myelin-complement:latest}
 
 usage() {
 	cat <<'EOF'
@@ -115,7 +116,7 @@ for a in "${args[@]}"; do
 done
 $has_pkg || args+=(./tests/...)
 
-results="$repo/complement-results"
+results="${MYELIN_COMPLEMENT_RESULTS:-$repo/complement-results}"
 mkdir -p "$results"
 rm -f "$results/results.jsonl" "$results/summary.txt" "$results/failures.txt"
 

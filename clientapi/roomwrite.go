@@ -31,24 +31,17 @@ type Rooms interface {
 }
 
 func (s *Service) registerRooms(c httpx.Prefix) {
-	get, post, put := http.MethodGet, http.MethodPost, http.MethodPut
+	post, put := http.MethodPost, http.MethodPut
 	c.Handle("/createRoom", s.authed(s.createRoom)).Methods(post)
-	c.Handle("/joined_rooms", s.authed(s.joinedRooms)).Methods(get)
 	c.Handle("/rooms/{roomID}/join", s.authed(s.joinRoom)).Methods(post)
 	c.Handle("/join/{roomIDOrAlias}", s.authed(s.joinRoom)).Methods(post)
 	c.Handle("/rooms/{roomID}/leave", s.authed(s.leaveRoom)).Methods(post)
 	c.Handle("/rooms/{roomID}/{action:(?:invite|kick|ban|unban)}", s.authed(s.membershipAction)).Methods(post)
 	c.Handle("/rooms/{roomID}/send/{type}/{txnID}", s.authed(s.sendEvent)).Methods(put)
-	c.Handle("/rooms/{roomID}/state", s.authed(s.roomState)).Methods(get)
-	c.Handle("/rooms/{roomID}/state/{type}", s.authed(s.stateEvent)).Methods(get)
-	c.Handle("/rooms/{roomID}/state/{type}/", s.authed(s.stateEvent)).Methods(get)
-	c.Handle("/rooms/{roomID}/state/{type}/{stateKey}", s.authed(s.stateEvent)).Methods(get)
 	c.Handle("/rooms/{roomID}/state/{type}", s.authed(s.putState)).Methods(put)
 	c.Handle("/rooms/{roomID}/state/{type}/", s.authed(s.putState)).Methods(put)
 	c.Handle("/rooms/{roomID}/state/{type}/{stateKey}", s.authed(s.putState)).Methods(put)
 	c.Handle("/rooms/{roomID}/redact/{eventID}/{txnID}", s.authed(s.redact)).Methods(put)
-	c.Handle("/rooms/{roomID}/event/{eventID}", s.authed(s.getEvent)).Methods(get)
-	c.Handle("/rooms/{roomID}/joined_members", s.authed(s.joinedMembers)).Methods(get)
 }
 
 // roomErr turns roomserver's not-found into the client error.
@@ -175,108 +168,6 @@ func (s *Service) redact(w http.ResponseWriter, r *http.Request, dev *userapi.De
 		return roomErr(err)
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"event_id": id})
-}
-
-// requireJoined returns 403 unless userID is joined to roomID.
-func (s *Service) requireJoined(ctx context.Context, roomID, userID string) error {
-	m, _, err := s.rooms.Membership(ctx, roomID, userID)
-	if err != nil {
-		return roomErr(err)
-	}
-	if m != "join" {
-		return matrix.Forbidden("you are not joined to %s", roomID)
-	}
-	return nil
-}
-
-func (s *Service) roomState(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	roomID := httpx.Var(r, "roomID")
-	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
-		return err
-	}
-	evs, err := s.rooms.CurrentState(r.Context(), roomID)
-	if err != nil {
-		return roomErr(err)
-	}
-	out := make([]matrix.ClientEvent, 0, len(evs))
-	for _, e := range evs {
-		out = append(out, matrix.ToClientEvent(e.PDU, matrix.ClientEventOptions{}))
-	}
-	return httpx.WriteJSON(w, http.StatusOK, out)
-}
-
-func (s *Service) stateEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	roomID := httpx.Var(r, "roomID")
-	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
-		return err
-	}
-	ev, err := s.rooms.CurrentStateEvent(r.Context(), roomID, httpx.Var(r, "type"), httpx.Var(r, "stateKey"))
-	if errors.Is(err, sqldb.ErrNotFound) {
-		return matrix.NotFound("state event not found")
-	}
-	if err != nil {
-		return err
-	}
-	if r.URL.Query().Get("format") == "event" {
-		return httpx.WriteJSON(w, http.StatusOK, matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{}))
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, err = w.Write(ev.PDU.Content())
-	return err
-}
-
-func (s *Service) getEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	roomID := httpx.Var(r, "roomID")
-	ev, err := s.rooms.Event(r.Context(), httpx.Var(r, "eventID"))
-	if err != nil || ev.PDU.RoomID().String() != roomID {
-		return matrix.NotFound("event not found")
-	}
-	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
-		return matrix.NotFound("event not found")
-	}
-	return httpx.WriteJSON(w, http.StatusOK, matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{}))
-}
-
-func (s *Service) joinedRooms(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	ids, err := s.rooms.RoomsForUser(r.Context(), dev.UserID, "join")
-	if err != nil {
-		return err
-	}
-	if ids == nil {
-		ids = []string{}
-	}
-	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"joined_rooms": ids})
-}
-
-func (s *Service) joinedMembers(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	roomID := httpx.Var(r, "roomID")
-	if err := s.requireJoined(r.Context(), roomID, dev.UserID); err != nil {
-		return err
-	}
-	evs, err := s.rooms.CurrentState(r.Context(), roomID)
-	if err != nil {
-		return roomErr(err)
-	}
-	type member struct {
-		DisplayName string `json:"display_name,omitempty"`
-		AvatarURL   string `json:"avatar_url,omitempty"`
-	}
-	joined := map[string]member{}
-	for _, e := range evs {
-		if e.PDU.Type() != "m.room.member" || e.PDU.StateKey() == nil {
-			continue
-		}
-		var c struct {
-			Membership  string `json:"membership"`
-			DisplayName string `json:"displayname"`
-			AvatarURL   string `json:"avatar_url"`
-		}
-		_ = json.Unmarshal(e.PDU.Content(), &c)
-		if c.Membership == "join" {
-			joined[*e.PDU.StateKey()] = member{c.DisplayName, c.AvatarURL}
-		}
-	}
-	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"joined": joined})
 }
 
 // memberContent builds m.room.member content for userID with its profile.
@@ -406,3 +297,4 @@ func (s *Service) updateMemberships(ctx context.Context, userID string) error {
 	}
 	return nil
 }
+
