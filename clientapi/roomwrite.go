@@ -297,4 +297,3 @@ func (s *Service) updateMemberships(ctx context.Context, userID string) error {
 	}
 	return nil
 }
-

@@ -117,7 +117,7 @@ func (s *Service) CheckPassword(ctx context.Context, userID, password string) er
 	if a.Deactivated {
 		return ErrDeactivated
 	}
-	if !a.hash.Valid || bcrypt.CompareHashAndPassword([]byte(a.hash.String), []byte(password)) != nil {
+	if !a.hash.Valid || len(password) > 72 || bcrypt.CompareHashAndPassword([]byte(a.hash.String), []byte(password)) != nil {
 		return ErrBadPassword
 	}
 	return nil
