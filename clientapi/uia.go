@@ -88,6 +88,10 @@ func (s *Service) interactiveAuth(r *http.Request, raw json.RawMessage, userID s
 		}
 	}
 	if auth.Type == "" {
+		// A retry with only the session performs the call once a flow is complete.
+		if flowDone(flows, sess.Completed) {
+			return sess, nil
+		}
 		return nil, uiaChallenge(sess.ID, flows, sess.Completed, nil)
 	}
 	allowed := false
@@ -139,16 +143,24 @@ func (s *Service) interactiveAuth(r *http.Request, raw json.RawMessage, userID s
 	if err := s.users.CompleteUIAStage(ctx, sess, auth.Type); err != nil {
 		return nil, err
 	}
+	if flowDone(flows, sess.Completed) {
+		return sess, nil
+	}
+	return nil, uiaChallenge(sess.ID, flows, sess.Completed, nil)
+}
+
+// flowDone reports whether completed covers every stage of some flow.
+func flowDone(flows [][]string, completed []string) bool {
 	for _, f := range flows {
 		done := true
 		for _, st := range f {
-			if !slices.Contains(sess.Completed, st) {
+			if !slices.Contains(completed, st) {
 				done = false
 			}
 		}
 		if done {
-			return sess, nil
+			return true
 		}
 	}
-	return nil, uiaChallenge(sess.ID, flows, sess.Completed, nil)
+	return false
 }

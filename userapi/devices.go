@@ -39,30 +39,20 @@ func (s *Service) StartSession(ctx context.Context, r LoginRequest) (*Session, e
 	sess := &Session{UserID: r.UserID, DeviceID: r.DeviceID}
 	now := s.nowMS()
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		var exists int
-		err := tx.QueryRow(ctx, `SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2`, r.UserID, r.DeviceID).Scan(&exists)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			var name sql.NullString
-			if r.DisplayName != "" {
-				name = sql.NullString{String: r.DisplayName, Valid: true}
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip, last_seen_user_agent)
-				VALUES ($1, $2, $3, $4, $4, $5, $6)`, r.UserID, r.DeviceID, name, now, r.IP, r.UserAgent); err != nil {
-				return fmt.Errorf("creating device: %w", err)
-			}
-		case err != nil:
+		var name sql.NullString
+		if r.DisplayName != "" {
+			name = sql.NullString{String: r.DisplayName, Valid: true}
+		}
+		// The upsert locks the device row until commit, so concurrent logins to one device
+		// take turns and each revokes the tokens of the one before.
+		if _, err := tx.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip, last_seen_user_agent)
+			VALUES ($1, $2, $3, $4, $4, $5, $6)
+			ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = COALESCE(excluded.display_name, devices.display_name)`,
+			r.UserID, r.DeviceID, name, now, r.IP, r.UserAgent); err != nil {
+			return fmt.Errorf("storing device: %w", err)
+		}
+		if err := revokeDeviceTokensTx(ctx, tx, r.UserID, r.DeviceID); err != nil {
 			return err
-		default:
-			if err := revokeDeviceTokensTx(ctx, tx, r.UserID, r.DeviceID); err != nil {
-				return err
-			}
-			if r.DisplayName != "" {
-				if _, err := tx.Exec(ctx, `UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3`,
-					r.DisplayName, r.UserID, r.DeviceID); err != nil {
-					return err
-				}
-			}
 		}
 		return s.issueTokensTx(ctx, tx, sess, r.Refresh, "")
 	})
