@@ -61,8 +61,9 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 			return matrix.BadJSON("invite: %q is not a user ID", inv)
 		}
 	}
-	if req.RoomAliasName != "" {
-		return matrix.Errorf(http.StatusBadRequest, matrix.CodeUnrecognized, "room aliases are not supported yet")
+	alias, err := s.newRoomAlias(r.Context(), req.RoomAliasName)
+	if err != nil {
+		return err
 	}
 	version := req.RoomVersion
 	if version == "" {
@@ -99,6 +100,10 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 		},
 		"notifications": map[string]any{"room": 50},
 	}
+	if v12 {
+		// MSC4289: upgrading (tombstoning) a v12 room takes more than an ordinary admin.
+		pl["events"].(map[string]any)["m.room.tombstone"] = 150
+	}
 	users := map[string]any{}
 	if !v12 {
 		users[creator] = 100
@@ -123,6 +128,9 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 	initial := []roomserver.Fledgling{
 		fledgling("m.room.member", creator, json.RawMessage(s.memberContent(r.Context(), creator, "join", nil))),
 		fledgling("m.room.power_levels", "", pl),
+	}
+	if alias != "" {
+		initial = append(initial, fledgling("m.room.canonical_alias", "", map[string]string{"alias": alias}))
 	}
 	// initial_state may override the preset's events, so they go after them (spec order).
 	presetEvents := []roomserver.Fledgling{
@@ -159,7 +167,7 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 	if req.Topic != nil {
 		initial = append(initial, fledgling("m.room.topic", "", map[string]any{
 			"topic":   *req.Topic,
-			"m.topic": []map[string]string{{"mimetype": "text/plain", "body": *req.Topic}},
+			"m.topic": map[string]any{"m.text": []map[string]string{{"mimetype": "text/plain", "body": *req.Topic}}},
 		}))
 	}
 	for _, inv := range req.Invite {
@@ -173,6 +181,9 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 		Creator: creator, RoomVersion: version, CreateContent: createRaw, Initial: initial,
 	})
 	if err != nil {
+		return err
+	}
+	if err := s.finishNewRoom(r.Context(), roomID, creator, alias, req.Visibility == "public"); err != nil {
 		return err
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})

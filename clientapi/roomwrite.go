@@ -28,6 +28,10 @@ type Rooms interface {
 	Membership(ctx context.Context, roomID, userID string) (string, *roomserver.Event, error)
 	RoomsForUser(ctx context.Context, userID string, memberships ...string) ([]string, error)
 	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
+	UpgradeRoom(ctx context.Context, r roomserver.UpgradeRequest) (string, error)
+	VisibleInDirectory(ctx context.Context, searcher string, candidates []string) (map[string]bool, error)
+	Directory
+	roomReader
 }
 
 func (s *Service) registerRooms(c httpx.Prefix) {
@@ -42,6 +46,9 @@ func (s *Service) registerRooms(c httpx.Prefix) {
 	c.Handle("/rooms/{roomID}/state/{type}/", s.authed(s.putState)).Methods(put)
 	c.Handle("/rooms/{roomID}/state/{type}/{stateKey}", s.authed(s.putState)).Methods(put)
 	c.Handle("/rooms/{roomID}/redact/{eventID}/{txnID}", s.authed(s.redact)).Methods(put)
+	c.Handle("/rooms/{roomID}/upgrade", s.authed(s.upgradeRoom)).Methods(post)
+	c.Handle("/knock/{roomIDOrAlias}", s.authed(s.knockRoom)).Methods(post)
+	c.Handle("/user_directory/search", s.authed(s.searchUserDirectory)).Methods(post)
 }
 
 // roomErr turns roomserver's not-found into the client error.
@@ -131,6 +138,9 @@ func (s *Service) putState(w http.ResponseWriter, r *http.Request, dev *userapi.
 		return err
 	}
 	sk := httpx.Var(r, "stateKey")
+	if err := s.checkCanonicalAlias(r.Context(), httpx.Var(r, "roomID"), httpx.Var(r, "type"), sk, content); err != nil {
+		return err
+	}
 	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
 		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: httpx.Var(r, "type"), StateKey: &sk, Content: content,
 	})
@@ -173,7 +183,7 @@ func (s *Service) redact(w http.ResponseWriter, r *http.Request, dev *userapi.De
 // memberContent builds m.room.member content for userID with its profile.
 func (s *Service) memberContent(ctx context.Context, userID, membership string, extra map[string]any) json.RawMessage {
 	c := map[string]any{"membership": membership}
-	if membership == "join" || membership == "invite" {
+	if membership == "join" || membership == "invite" || membership == "knock" {
 		if p, err := s.users.Profile(ctx, userID); err == nil {
 			if p.DisplayName != "" {
 				c["displayname"] = p.DisplayName
@@ -191,25 +201,19 @@ func (s *Service) memberContent(ctx context.Context, userID, membership string, 
 }
 
 func (s *Service) joinRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	var body struct {
-		Reason string `json:"reason,omitempty"`
-	}
-	if err := httpx.DecodeJSONOptional(r, &body); err != nil {
+	extra, err := decodeMemberBody(r)
+	if err != nil {
 		return err
 	}
 	roomID := httpx.Var(r, "roomID")
 	if roomID == "" {
 		roomID = httpx.Var(r, "roomIDOrAlias")
 	}
-	if !strings.HasPrefix(roomID, "!") {
-		return matrix.NotFound("room aliases are not resolvable yet")
-	}
-	extra := map[string]any{}
-	if body.Reason != "" {
-		extra["reason"] = body.Reason
+	if err := s.resolveRoomAlias(r.Context(), &roomID); err != nil {
+		return err
 	}
 	uid := dev.UserID
-	_, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
+	_, err = s.rooms.Send(r.Context(), roomserver.SendRequest{
 		RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid,
 		Content: s.memberContent(r.Context(), uid, "join", extra),
 	})
@@ -217,6 +221,79 @@ func (s *Service) joinRoom(w http.ResponseWriter, r *http.Request, dev *userapi.
 		return roomErr(err)
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+}
+
+// decodeMemberBody reads the optional body of /join or /knock: as in Synapse, its keys
+// (reason and any custom content) become the member event's content, except those the
+// server sets itself.
+func decodeMemberBody(r *http.Request) (map[string]any, error) {
+	var body map[string]json.RawMessage
+	if err := httpx.DecodeJSONOptional(r, &body); err != nil {
+		return nil, err
+	}
+	extra := map[string]any{}
+	for k, v := range body {
+		switch k {
+		case "membership", "third_party_signed", "join_authorised_via_users_server":
+			continue
+		case "reason":
+			var reason string
+			if json.Unmarshal(v, &reason) != nil {
+				return nil, matrix.BadJSON("reason must be a string")
+			}
+		}
+		extra[k] = v
+	}
+	return extra, nil
+}
+
+// knockRoom asks to join a room whose join rule is knock (or knock_restricted).
+func (s *Service) knockRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	extra, err := decodeMemberBody(r)
+	if err != nil {
+		return err
+	}
+	roomID := httpx.Var(r, "roomIDOrAlias")
+	if err := s.resolveRoomAlias(r.Context(), &roomID); err != nil {
+		return err
+	}
+	uid := dev.UserID
+	_, err = s.rooms.Send(r.Context(), roomserver.SendRequest{
+		RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid,
+		Content: s.memberContent(r.Context(), uid, "knock", extra),
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+}
+
+// upgradeRoom replaces a room by a new room of another version.
+func (s *Service) upgradeRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+	var body struct {
+		NewVersion         string          `json:"new_version"`
+		AdditionalCreators json.RawMessage `json:"additional_creators"`
+	}
+	if err := httpx.DecodeJSON(r, &body); err != nil {
+		return err
+	}
+	if body.NewVersion == "" {
+		return matrix.MissingParam("new_version is required")
+	}
+	var creators []string
+	if len(body.AdditionalCreators) > 0 && string(body.AdditionalCreators) != "null" {
+		if err := json.Unmarshal(body.AdditionalCreators, &creators); err != nil {
+			return matrix.BadJSON("additional_creators must be an array of user IDs")
+		}
+	}
+	id, err := s.rooms.UpgradeRoom(r.Context(), roomserver.UpgradeRequest{
+		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, NewVersion: body.NewVersion,
+		AdditionalCreators: creators, MemberContent: s.memberContent(r.Context(), dev.UserID, "join", nil),
+	})
+	if err != nil {
+		return roomErr(err)
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"replacement_room": id})
 }
 
 func (s *Service) leaveRoom(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {

@@ -53,4 +53,5 @@ func (s *Service) Register(r *mux.Router) {
 
 	s.registerRooms(c)
 	s.registerRoomReads(c)
+	s.registerDirectory(c)
 }

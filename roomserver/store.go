@@ -120,6 +120,7 @@ type storedEvent struct {
 	stateBefore int64
 	stateAfter  int64
 	txn         *Txn
+	js          []byte // the JSON to store (the PDU with the unsigned section we serve); nil: pdu.JSON()
 }
 
 func nullable(s *string) any {
@@ -135,12 +136,16 @@ func insertEvent(ctx context.Context, tx *sqldb.Tx, e storedEvent) (int64, error
 	if e.txn != nil {
 		txnDevice, txnID = e.txn.DeviceID, e.txn.TxnID
 	}
+	js := e.js
+	if js == nil {
+		js = e.pdu.JSON()
+	}
 	var nid int64
 	err := tx.QueryRow(ctx, `INSERT INTO events (event_id, room_nid, stream_pos, type, state_key, sender, depth,
 			state_before, state_after, event_json, txn_device, txn_id)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid`,
 		e.pdu.EventID(), e.roomNID, e.streamPos, e.pdu.Type(), nullable(e.pdu.StateKey()), string(e.pdu.SenderID()),
-		e.pdu.Depth(), e.stateBefore, e.stateAfter, e.pdu.JSON(), txnDevice, txnID).Scan(&nid)
+		e.pdu.Depth(), e.stateBefore, e.stateAfter, js, txnDevice, txnID).Scan(&nid)
 	if err != nil {
 		return 0, fmt.Errorf("inserting event %s: %w", e.pdu.EventID(), err)
 	}
@@ -197,11 +202,11 @@ func upsertMembership(ctx context.Context, tx *sqldb.Tx, roomNID int64, userID, 
 	return nil
 }
 
-// txnEvent returns the ID of the event sender sent with txn, or "".
-func txnEvent(ctx context.Context, q querier, sender string, txn *Txn) (string, error) {
+// txnEvent returns the ID of the event sender sent to the room with txn, or "".
+func txnEvent(ctx context.Context, q querier, roomNID int64, sender string, txn *Txn) (string, error) {
 	var id string
-	err := q.QueryRow(ctx, `SELECT event_id FROM events WHERE sender = $1 AND txn_device = $2 AND txn_id = $3`,
-		sender, txn.DeviceID, txn.TxnID).Scan(&id)
+	err := q.QueryRow(ctx, `SELECT event_id FROM events WHERE room_nid = $1 AND sender = $2 AND txn_device = $3 AND txn_id = $4`,
+		roomNID, sender, txn.DeviceID, txn.TxnID).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}

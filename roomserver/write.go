@@ -13,6 +13,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/sqldb"
@@ -101,6 +102,10 @@ func (s *Service) CreateRoom(ctx context.Context, r CreateRoomRequest) (string, 
 		SenderID: r.Creator, Type: spec.MRoomCreate, StateKey: &empty, Content: createContent,
 	})
 	if err != nil {
+		if e := matrix.AsError(err); e != nil && e.Status == http.StatusForbidden {
+			// The create event's auth rules only check its content.
+			return "", matrix.BadJSON("invalid creation_content: %s", e.Message)
+		}
 		return "", err
 	}
 	if ver.DomainlessRoomIDs() {
@@ -145,10 +150,13 @@ func (s *Service) CreateRoom(ctx context.Context, r CreateRoomRequest) (string, 
 
 // Send builds r's event on the room's forward extremities, authorises it against the current
 // state and persists it, returning its event ID. With r.Txn set, a repeat of the same
-// (Sender, DeviceID, TxnID) returns the first event's ID without sending again. Errors: 404
-// M_NOT_FOUND for an unknown room, 403 M_FORBIDDEN when the auth rules reject the event (with
-// the reason), 413 M_TOO_LARGE for an event over 65536 bytes, 400 M_BAD_JSON for invalid
-// content.
+// (room, Sender, DeviceID, TxnID) returns the first event's ID without sending again. A state
+// event whose sender and content equal the current state's returns the current event's ID
+// without sending (as Synapse does). Membership events get the server's rules beyond the auth
+// rules (see prepareMember): restricted joins are authorised via a local user, and a kick
+// needs a target in the room. Errors: 404 M_NOT_FOUND for an unknown room, 403 M_FORBIDDEN
+// when the auth rules reject the event (with the reason), 413 M_TOO_LARGE for an event over
+// 65536 bytes, 400 M_BAD_JSON for invalid content or an m.room.create event.
 func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 	if err := checkUserID(r.Sender); err != nil {
 		return "", err
@@ -159,15 +167,18 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 	if len(r.Content) > maxEventSize {
 		return "", matrix.Errorf(http.StatusRequestEntityTooLarge, matrix.CodeTooLarge, "event content is too large")
 	}
-	if r.Txn != nil {
-		id, err := txnEvent(ctx, s.db, r.Sender, r.Txn)
-		if err != nil || id != "" {
-			return id, err
-		}
+	if r.Type == spec.MRoomCreate {
+		return "", matrix.BadJSON("m.room.create can only be sent when creating a room")
 	}
 	ri, err := s.roomInfo(ctx, r.RoomID)
 	if err != nil {
 		return "", err
+	}
+	if r.Txn != nil {
+		id, err := txnEvent(ctx, s.db, ri.nid, r.Sender, r.Txn)
+		if err != nil || id != "" {
+			return id, err
+		}
 	}
 	proto := &gomatrixserverlib.ProtoEvent{
 		SenderID: r.Sender, Type: r.Type, StateKey: r.StateKey, Content: spec.RawJSON(r.Content),
@@ -196,7 +207,7 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 	)
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		if r.Txn != nil {
-			id, err := txnEvent(ctx, tx, r.Sender, r.Txn)
+			id, err := txnEvent(ctx, tx, ri.nid, r.Sender, r.Txn)
 			if err != nil {
 				return err
 			}
@@ -214,6 +225,25 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 				return err
 			}
 		}
+		if r.Type == spec.MRoomMember && r.StateKey != nil {
+			c, err := s.prepareMember(ctx, tx, room, r.Sender, *r.StateKey, proto.Content)
+			if err != nil {
+				return err
+			}
+			proto.Content = c
+		}
+		if r.StateKey != nil {
+			// Synapse's deduplication: the same sender setting the same content again gets
+			// the current event back rather than a no-op event.
+			id, err := sameState(ctx, tx, room.nid, r.Sender, r.Type, *r.StateKey, proto.Content)
+			if err != nil {
+				return err
+			}
+			if id != "" {
+				eventID, repeated = id, true
+				return nil
+			}
+		}
 		ev, err := s.build(ctx, tx, room, proto)
 		if err != nil {
 			return err
@@ -224,8 +254,8 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 	})
 	if err != nil {
 		if r.Txn != nil && sqldb.IsUniqueViolation(err) {
-			// The same transaction was committed concurrently for another room.
-			if id, err2 := txnEvent(ctx, s.db, r.Sender, r.Txn); err2 == nil && id != "" {
+			// The same transaction was committed concurrently by another process.
+			if id, err2 := txnEvent(ctx, s.db, ri.nid, r.Sender, r.Txn); err2 == nil && id != "" {
 				return id, nil
 			}
 		}
@@ -290,6 +320,13 @@ func (s *Service) build(ctx context.Context, tx *sqldb.Tx, room *roomRow, p *gom
 	if err != nil {
 		return nil, fmt.Errorf("collecting auth events: %w", err)
 	}
+	if p.Type == spec.MRoomPowerLevels && room.version.PrivilegedCreators() {
+		if create, _ := provider.Create(); create != nil {
+			if err := checkCreatorsNotInUsers(create, p.Content); err != nil {
+				return nil, err
+			}
+		}
+	}
 	eb := room.version.NewEventBuilderFromProtoEvent(p)
 	if err := eb.AddAuthEvents(provider); err != nil {
 		return nil, matrix.BadJSON("invalid %s event: %v", p.Type, err)
@@ -338,8 +375,14 @@ func (s *Service) persist(ctx context.Context, tx *sqldb.Tx, room *roomRow, ev g
 			return 0, err
 		}
 	}
+	var js []byte
+	if sk != nil {
+		if js, err = s.servedJSON(ctx, tx, room, ev); err != nil {
+			return 0, err
+		}
+	}
 	nid, err := insertEvent(ctx, tx, storedEvent{
-		pdu: ev, roomNID: room.nid, streamPos: pos, stateBefore: stateBefore, stateAfter: stateAfter, txn: txn,
+		pdu: ev, roomNID: room.nid, streamPos: pos, stateBefore: stateBefore, stateAfter: stateAfter, txn: txn, js: js,
 	})
 	if err != nil {
 		return 0, err
@@ -485,6 +528,9 @@ func (s *Service) applyRedaction(ctx context.Context, tx *sqldb.Tx, room *roomRo
 	if err != nil {
 		return fmt.Errorf("redacting %s: %w", targetID, err)
 	}
+	if out, err = s.withRedactedBecause(ctx, tx, out, redactionID); err != nil {
+		return err
+	}
 	if _, err := tx.Exec(ctx, `UPDATE events SET event_json = $1, redacted = TRUE, redacted_by = $2 WHERE event_nid = $3`,
 		out, redactionID, nid); err != nil {
 		return fmt.Errorf("storing redacted %s: %w", targetID, err)
@@ -546,4 +592,33 @@ func randomString(n int) string {
 		b[i] = letters[int(b[i])%len(letters)]
 	}
 	return string(b)
+}
+
+// withRedactedBecause returns the redacted event JSON js with unsigned.redacted_because set to
+// the redaction redactionID in the client format, so that every reader serves it.
+func (s *Service) withRedactedBecause(ctx context.Context, tx *sqldb.Tx, js []byte, redactionID string) ([]byte, error) {
+	reds, err := eventsByID(ctx, tx, []string{redactionID})
+	if err != nil {
+		return nil, fmt.Errorf("loading redaction %s: %w", redactionID, err)
+	}
+	if len(reds) == 0 {
+		return js, nil
+	}
+	red := reds[0].PDU
+	because := map[string]any{
+		"content": json.RawMessage(red.Content()), "event_id": red.EventID(), "origin_server_ts": red.OriginServerTS(),
+		"sender": string(red.SenderID()), "type": red.Type(), "room_id": red.RoomID().String(), "unsigned": map[string]any{},
+	}
+	if r := red.Redacts(); r != "" {
+		because["redacts"] = r
+	}
+	b, err := json.Marshal(because)
+	if err != nil {
+		return nil, fmt.Errorf("encoding redacted_because: %w", err)
+	}
+	out, err := sjson.SetRawBytes(js, "unsigned", append(append([]byte(`{"redacted_because":`), b...), '}'))
+	if err != nil {
+		return nil, fmt.Errorf("adding redacted_because: %w", err)
+	}
+	return out, nil
 }

@@ -3,12 +3,15 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/roomserver"
+	"github.com/myelin-chat/myelin/userapi"
 )
 
 type response struct {
@@ -19,6 +22,7 @@ type response struct {
 	Rooms       roomsResponse  `json:"rooms"`
 	DeviceLists deviceLists    `json:"device_lists"`
 	OTKCounts   map[string]int `json:"device_one_time_keys_count"`
+	FallbackKey []string       `json:"device_unused_fallback_key_types"`
 }
 
 type deviceLists struct {
@@ -34,7 +38,7 @@ type roomsResponse struct {
 	Join   map[string]*joinedRoom  `json:"join"`
 	Invite map[string]*invitedRoom `json:"invite"`
 	Leave  map[string]*leftRoom    `json:"leave"`
-	Knock  map[string]any          `json:"knock"`
+	Knock  map[string]*knockedRoom `json:"knock"`
 }
 
 type timeline struct {
@@ -47,30 +51,68 @@ type stateList struct {
 	Events []matrix.ClientEvent `json:"events"`
 }
 
+// roomState is the state part of a room's section: "state" normally, or MSC4222's
+// "state_after" (under its stable or unstable name) when the client asked for it.
+type roomState struct {
+	State              *stateList `json:"state,omitempty"`
+	StateAfter         *stateList `json:"state_after,omitempty"`
+	StateAfterUnstable *stateList `json:"org.matrix.msc4222.state_after,omitempty"`
+}
+
+func (rs *roomState) set(key string, evs []matrix.ClientEvent) {
+	l := &stateList{Events: evs}
+	switch key {
+	case "state_after":
+		rs.StateAfter = l
+	case "org.matrix.msc4222.state_after":
+		rs.StateAfterUnstable = l
+	default:
+		rs.State = l
+	}
+}
+
+func (rs *roomState) len() int {
+	n := 0
+	for _, l := range []*stateList{rs.State, rs.StateAfter, rs.StateAfterUnstable} {
+		if l != nil {
+			n += len(l.Events)
+		}
+	}
+	return n
+}
+
+type unreadCounts struct {
+	Highlight    int `json:"highlight_count"`
+	Notification int `json:"notification_count"`
+}
+
 type joinedRoom struct {
-	State       stateList `json:"state"`
-	Timeline    timeline  `json:"timeline"`
-	Ephemeral   eventList `json:"ephemeral"`
-	AccountData eventList `json:"account_data"`
-	Unread      struct {
-		Highlight    int `json:"highlight_count"`
-		Notification int `json:"notification_count"`
-	} `json:"unread_notifications"`
-	Summary map[string]any `json:"summary"`
+	roomState
+	Timeline    timeline       `json:"timeline"`
+	Ephemeral   eventList      `json:"ephemeral"`
+	AccountData eventList      `json:"account_data"`
+	Unread      unreadCounts   `json:"unread_notifications"`
+	Summary     map[string]any `json:"summary"`
 }
 
 type invitedRoom struct {
 	InviteState eventList `json:"invite_state"`
 }
 
+type knockedRoom struct {
+	KnockState eventList `json:"knock_state"`
+}
+
 type leftRoom struct {
-	State       stateList `json:"state"`
+	roomState
 	Timeline    timeline  `json:"timeline"`
 	AccountData eventList `json:"account_data"`
 }
 
 func (r *response) empty() bool {
-	return len(r.AccountData.Events) == 0 && len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.ToDevice.Events) == 0 &&
+		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0 &&
+		len(r.DeviceLists.Changed) == 0 && len(r.DeviceLists.Left) == 0
 }
 
 func newResponse(to Token) *response {
@@ -81,33 +123,55 @@ func newResponse(to Token) *response {
 		ToDevice:    eventList{Events: []any{}},
 		Rooms: roomsResponse{
 			Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{},
-			Leave: map[string]*leftRoom{}, Knock: map[string]any{},
+			Leave: map[string]*leftRoom{}, Knock: map[string]*knockedRoom{},
 		},
 		DeviceLists: deviceLists{Changed: []string{}, Left: []string{}},
 		OTKCounts:   map[string]int{},
+		FallbackKey: []string{},
 	}
 }
 
-// timelineLimit is the filter's timeline limit, or the default of 10.
-func (req *syncRequest) timelineLimit() int {
-	if rf := req.filter.Room; rf != nil && rf.Timeline != nil && rf.Timeline.Limit != nil {
-		return max(*rf.Timeline.Limit, 0)
-	}
-	return 10
+// defaultTimelineLimit applies when the filter sets no timeline limit.
+const defaultTimelineLimit = 10
+
+// maxTimelineScan bounds how many events one room's timeline may read looking for events its
+// filter and history visibility let through; past it the timeline is marked limited.
+const maxTimelineScan = 1000
+
+// builder assembles one response for the range (since, to].
+type builder struct {
+	s       *Service
+	req     *syncRequest
+	userID  string
+	since   Token // zero for an initial or full-state sync
+	to      Token
+	initial bool
+	now     time.Time
+	ignored map[string]bool
+
+	receipts map[string][]Receipt // room → receipts to send
+	// membership is the user's membership at each timeline event (MSC4115 unsigned.membership).
+	membership map[string]string
+	// asked is the since token the client sent, also on a full_state sync, which is otherwise
+	// built like an initial one: membership changes after it still go in the right sections.
+	asked *Token
 }
 
 // build assembles the response for the range (since, to].
 func (s *Service) build(ctx context.Context, req *syncRequest, to Token) (*response, error) {
-	resp := newResponse(to)
-	var since Token
-	if req.since != nil {
-		since = *req.since
+	b := &builder{s: s, req: req, userID: req.dev.UserID, to: to, now: time.Now(),
+		initial: req.since == nil || req.fullState, membership: map[string]string{}, asked: req.since}
+	if !b.initial {
+		b.since = *req.since
 	}
-	userID := req.dev.UserID
-	now := time.Now()
+	resp := newResponse(to)
+	var err error
+	if b.ignored, err = s.ignoredUsers(ctx, b.userID); err != nil {
+		return nil, err
+	}
 
-	// Account data.
-	ad, err := s.users.AccountDataSince(ctx, userID, sinceOrZero(req, since.AccountData), to.AccountData)
+	// Account data, global and per room.
+	ad, err := s.users.AccountDataSince(ctx, b.userID, b.since.AccountData, to.AccountData)
 	if err != nil {
 		return nil, err
 	}
@@ -115,113 +179,850 @@ func (s *Service) build(ctx context.Context, req *syncRequest, to Token) (*respo
 	for _, e := range ad {
 		ev := map[string]any{"type": e.Type, "content": e.Content}
 		if e.RoomID == "" {
-			resp.AccountData.Events = append(resp.AccountData.Events, ev)
-		} else {
+			if eventFilterAllows(req.filter.AccountData, e.Type, "") {
+				resp.AccountData.Events = append(resp.AccountData.Events, ev)
+			}
+		} else if rf := req.filter.Room; rf == nil || roomEventFilterAllows(rf.AccountData, e.RoomID, e.Type, "") {
 			roomData[e.RoomID] = append(roomData[e.RoomID], ev)
 		}
 	}
+	resp.AccountData.Events = limitEvents(resp.AccountData.Events, req.filter.AccountData)
 
-	// Which rooms to look at: all current ones on an initial sync, otherwise those with a
-	// membership change for this user or new events in the range.
-	initial := req.since == nil || req.fullState
-	memberships := map[string]string{}        // room → the user's membership as of `to`
-	changed := map[string]*roomserver.Event{} // room → the user's last membership event in range
-	if initial {
-		for _, m := range []string{"join", "invite"} {
-			ids, err := s.rooms.RoomsForUser(ctx, userID, m)
-			if err != nil {
+	// The user's rooms and their membership as of `to`.
+	urs, err := s.rooms.UserRooms(ctx, b.userID)
+	if err != nil {
+		return nil, err
+	}
+	mevs := map[string][]*roomserver.Event{} // room → the user's membership events in range
+	var forgotten map[string]int64
+	includeLeave := req.filter.Room != nil && req.filter.Room.IncludeLeave
+	if b.initial {
+		if includeLeave {
+			if forgotten, err = s.store.forgotten(ctx, b.userID); err != nil {
 				return nil, err
 			}
-			for _, id := range ids {
-				memberships[id] = m
-			}
 		}
-		if req.filter.Room != nil && req.filter.Room.IncludeLeave {
-			ids, err := s.rooms.RoomsForUser(ctx, userID, "leave", "ban")
-			if err != nil {
-				return nil, err
-			}
-			for _, id := range ids {
-				memberships[id] = "leave"
-			}
-		}
-	} else {
-		mevs, err := s.rooms.MembershipEvents(ctx, userID, since.Rooms, to.Rooms)
+	} else if to.Rooms > b.since.Rooms {
+		evs, err := s.rooms.MembershipEvents(ctx, b.userID, b.since.Rooms, to.Rooms)
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range mevs {
+		for _, e := range evs {
 			rid := e.PDU.RoomID().String()
-			changed[rid] = e
-			m, _ := e.PDU.Membership()
-			memberships[rid] = m
+			mevs[rid] = append(mevs[rid], e)
 		}
-		if to.Rooms > since.Rooms {
-			active, err := s.rooms.RoomsWithEvents(ctx, since.Rooms, to.Rooms)
+	}
+
+	// What else moved in range, for an incremental sync.
+	active := map[string]bool{}
+	if !b.initial {
+		if active, err = b.activeRooms(ctx); err != nil {
+			return nil, err
+		}
+		if to.Receipts > b.since.Receipts {
+			rs, err := s.store.receiptsSince(ctx, b.since.Receipts, to.Receipts)
 			if err != nil {
 				return nil, err
 			}
-			joined, err := s.rooms.RoomsForUser(ctx, userID, "join")
-			if err != nil {
-				return nil, err
-			}
-			for _, id := range active {
-				if _, ok := memberships[id]; !ok && slices.Contains(joined, id) {
-					memberships[id] = "join"
-				}
-			}
-		}
-		for rid := range roomData {
-			if _, ok := memberships[rid]; !ok {
-				if m, _, err := s.rooms.Membership(ctx, rid, userID); err == nil && m == "join" {
-					memberships[rid] = "join"
-				}
+			b.receipts = map[string][]Receipt{}
+			for _, r := range rs {
+				b.receipts[r.RoomID] = append(b.receipts[r.RoomID], r)
 			}
 		}
 	}
 
-	for roomID, m := range memberships {
+	type joinedEntry struct {
+		roomID      string
+		full, newly bool
+	}
+	var (
+		joined      []joinedEntry
+		joinedAtTo  []string
+		newlyJoined []string
+		newlyLeft   []string
+	)
+	for _, ur := range urs {
+		roomID := ur.RoomID
+		m, pos := ur.Membership, ur.StreamPos
+		var ev *roomserver.Event
+		if pos > to.Rooms {
+			// The membership changed after `to`: what counts is the one before.
+			if m, ev, err = s.rooms.MembershipAt(ctx, roomID, b.userID, to.Rooms); err != nil {
+				return nil, err
+			}
+			if ev == nil {
+				continue
+			}
+			pos = ev.StreamPos
+		}
+		if m == "join" {
+			joinedAtTo = append(joinedAtTo, roomID)
+		}
 		if !roomAllowed(req.filter.Room, roomID) {
 			continue
 		}
+		changed := b.asked != nil && pos > b.asked.Rooms
 		switch m {
 		case "join":
-			jr, err := s.joined(ctx, req, roomID, since, to, changed[roomID] != nil, now)
-			if err != nil {
-				return nil, fmt.Errorf("syncing room %s: %w", roomID, err)
+			e := joinedEntry{roomID: roomID, full: b.initial}
+			if changed && !b.initial {
+				newly, err := b.newlyJoined(ctx, roomID, mevs[roomID])
+				if err != nil {
+					return nil, err
+				}
+				e.full, e.newly = newly, newly
+				if newly {
+					newlyJoined = append(newlyJoined, roomID)
+				}
 			}
-			jr.AccountData.Events = append(jr.AccountData.Events, roomData[roomID]...)
-			if !initial && !req.fullState && len(jr.Timeline.Events) == 0 && len(jr.State.Events) == 0 && len(jr.AccountData.Events) == 0 {
+			if !e.full && !active[roomID] && len(roomData[roomID]) == 0 && len(b.receipts[roomID]) == 0 {
+				if _, tpos := s.typing.users(roomID); tpos <= b.since.Typing {
+					continue
+				}
+			}
+			joined = append(joined, e)
+		case "invite", "knock":
+			if !b.initial && !changed {
 				continue
 			}
-			resp.Rooms.Join[roomID] = jr
-		case "invite":
-			_, ev, err := s.rooms.Membership(ctx, roomID, userID)
-			if err != nil || ev == nil {
-				continue
+			if ev == nil {
+				if _, ev, err = s.rooms.Membership(ctx, roomID, b.userID); err != nil {
+					return nil, err
+				}
+				if ev == nil {
+					continue
+				}
 			}
-			resp.Rooms.Invite[roomID] = s.invited(ev, now)
+			if b.ignored[string(ev.PDU.SenderID())] {
+				continue // spec: invites from ignored users are not sent
+			}
+			if m == "invite" {
+				resp.Rooms.Invite[roomID] = &invitedRoom{InviteState: eventList{Events: strippedState(ev, "invite_room_state", b.now)}}
+			} else {
+				resp.Rooms.Knock[roomID] = &knockedRoom{KnockState: eventList{Events: strippedState(ev, "knock_room_state", b.now)}}
+			}
 		case "leave", "ban":
-			if initial && (req.filter.Room == nil || !req.filter.Room.IncludeLeave) {
+			switch {
+			case changed:
+				// Left after the client's since token (a full_state sync included).
+				newlyLeft = append(newlyLeft, roomID)
+			case b.initial && includeLeave:
+				if at, ok := forgotten[roomID]; ok && at >= pos {
+					continue
+				}
+			default:
 				continue
 			}
-			lr, err := s.left(ctx, req, roomID, since, changed[roomID], now)
+			lr, err := b.left(ctx, roomID, pos)
 			if err != nil {
+				return nil, fmt.Errorf("syncing left room %s: %w", roomID, err)
+			}
+			lr.AccountData.Events = append(lr.AccountData.Events, roomData[roomID]...)
+			resp.Rooms.Leave[roomID] = lr
+		}
+	}
+
+	if b.initial && len(joined) > 0 {
+		ids := make([]string, 0, len(joined))
+		for _, e := range joined {
+			ids = append(ids, e.roomID)
+		}
+		if err := b.loadRoomReceipts(ctx, ids); err != nil {
+			return nil, err
+		}
+	} else if len(newlyJoined) > 0 {
+		if err := b.loadRoomReceipts(ctx, newlyJoined); err != nil {
+			return nil, err
+		}
+	}
+	for _, e := range joined {
+		jr, err := b.joined(ctx, e.roomID, e.full, e.newly)
+		if err != nil {
+			return nil, fmt.Errorf("syncing room %s: %w", e.roomID, err)
+		}
+		jr.AccountData.Events = append(jr.AccountData.Events, roomData[e.roomID]...)
+		if !e.full && len(jr.Timeline.Events) == 0 && jr.len() == 0 && len(jr.AccountData.Events) == 0 && len(jr.Ephemeral.Events) == 0 {
+			continue
+		}
+		resp.Rooms.Join[e.roomID] = jr
+	}
+
+	var memberChanges []roomserver.MemberChange
+	if !b.initial && to.Rooms > b.since.Rooms {
+		var rooms []string
+		for _, id := range joinedAtTo {
+			if active[id] {
+				rooms = append(rooms, id)
+			}
+		}
+		if len(rooms) > 0 {
+			if memberChanges, err = s.rooms.MemberChanges(ctx, rooms, b.since.Rooms, to.Rooms); err != nil {
 				return nil, err
 			}
-			resp.Rooms.Leave[roomID] = lr
+		}
+	}
+	if err := b.presence(ctx, resp, newlyJoined, memberChanges); err != nil {
+		return nil, err
+	}
+	if !b.initial {
+		if err := b.deviceLists(ctx, resp, newlyJoined, newlyLeft, memberChanges); err != nil {
+			return nil, err
 		}
 	}
 	return resp, nil
 }
 
-func sinceOrZero(req *syncRequest, pos int64) int64 {
-	if req.since == nil {
-		return 0
+// activeRooms returns the rooms with events in (since, to], from the in-memory room log when
+// it covers the range.
+func (b *builder) activeRooms(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	if b.to.Rooms <= b.since.Rooms {
+		return out, nil
 	}
-	return pos
+	if cs, ok := b.s.roomLog.since(b.since.Rooms, b.to.Rooms); ok {
+		for _, c := range cs {
+			out[c.room] = true
+		}
+		return out, nil
+	}
+	ids, err := b.s.rooms.RoomsWithEvents(ctx, b.since.Rooms, b.to.Rooms)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, nil
 }
 
+// newlyJoined reports whether the user's join to roomID, changed in range, is a new join
+// rather than a profile change re-sending a join: it is new if the range holds a membership
+// other than join, or the user was not joined at `since`.
+func (b *builder) newlyJoined(ctx context.Context, roomID string, inRange []*roomserver.Event) (bool, error) {
+	for _, e := range inRange {
+		if m, _ := e.PDU.Membership(); m != "join" {
+			return true, nil
+		}
+	}
+	m, _, err := b.s.rooms.MembershipAt(ctx, roomID, b.userID, b.since.Rooms)
+	if err != nil {
+		return false, err
+	}
+	return m != "join", nil
+}
+
+func (b *builder) loadRoomReceipts(ctx context.Context, roomIDs []string) error {
+	rs, err := b.s.store.roomReceipts(ctx, roomIDs, b.to.Receipts)
+	if err != nil {
+		return err
+	}
+	if b.receipts == nil {
+		b.receipts = map[string][]Receipt{}
+	}
+	for _, id := range roomIDs {
+		delete(b.receipts, id) // the full set replaces what moved in range
+	}
+	for _, r := range rs {
+		b.receipts[r.RoomID] = append(b.receipts[r.RoomID], r)
+	}
+	return nil
+}
+
+// ignoredUsers returns the users in userID's m.ignored_user_list.
+func (s *Service) ignoredUsers(ctx context.Context, userID string) (map[string]bool, error) {
+	raw, err := s.users.AccountData(ctx, userID, "", "m.ignored_user_list")
+	if errors.Is(err, userapi.ErrNotFound) {
+		return map[string]bool{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading ignored users: %w", err)
+	}
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out, nil
+}
+
+func (b *builder) timelineFilter() *matrix.RoomEventFilter {
+	if rf := b.req.filter.Room; rf != nil {
+		return rf.Timeline
+	}
+	return nil
+}
+
+func (b *builder) stateFilter() *matrix.RoomEventFilter {
+	if rf := b.req.filter.Room; rf != nil {
+		return rf.State
+	}
+	return nil
+}
+
+func (b *builder) timelineLimit() int {
+	if tf := b.timelineFilter(); tf != nil && tf.Limit != nil {
+		return max(*tf.Limit, 0)
+	}
+	return defaultTimelineLimit
+}
+
+// timelineResult is a room's timeline before conversion.
+type timelineResult struct {
+	events  []*roomserver.Event // oldest first
+	limited bool                // events the filter allows were left out before the first
+	gap     bool                // some event of the range is not in the timeline
+}
+
+// timeline reads the newest events of roomID in (after, upTo] that the timeline filter, the
+// ignore list and (when checkVisibility is set) history visibility let through, up to the
+// limit, paging back through the range as needed.
+func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64, checkVisibility bool) (timelineResult, error) {
+	var res timelineResult
+	tf := b.timelineFilter()
+	limit := b.timelineLimit()
+	if !roomEventFilterAllowsRoom(tf, roomID) {
+		limit = 0
+	}
+	batch := limit + 1
+	if tf != nil || checkVisibility || len(b.ignored) > 0 {
+		batch = max(batch, 50)
+	}
+	var newestFirst []*roomserver.Event
+	hi, scanned := upTo, 0
+	for hi > after {
+		page, more, err := b.s.rooms.RoomEvents(ctx, roomID, after, hi, batch)
+		if err != nil {
+			return res, err
+		}
+		if len(page) == 0 {
+			break
+		}
+		scanned += len(page)
+		hi = page[0].StreamPos - 1
+		kept := make([]*roomserver.Event, 0, len(page))
+		for _, e := range page {
+			if b.keepInTimeline(e, tf) {
+				kept = append(kept, e)
+			} else {
+				res.gap = true
+			}
+		}
+		if len(kept) > 0 {
+			// Visibility also yields the user's membership at each event, which clients show.
+			vis, ms, err := b.s.rooms.VisibleEvents(ctx, b.userID, kept)
+			if err != nil {
+				return res, err
+			}
+			for i, e := range vis {
+				b.membership[e.PDU.EventID()] = ms[i]
+			}
+			if checkVisibility {
+				if len(vis) < len(kept) {
+					res.gap = true
+				}
+				kept = vis
+			}
+		}
+		done := false
+		for i := len(kept) - 1; i >= 0; i-- {
+			if len(newestFirst) == limit {
+				res.limited, done = true, true
+				break
+			}
+			newestFirst = append(newestFirst, kept[i])
+		}
+		if done || !more {
+			break
+		}
+		if scanned >= maxTimelineScan {
+			res.limited = true
+			break
+		}
+	}
+	if res.limited {
+		res.gap = true
+	}
+	slices.Reverse(newestFirst)
+	res.events = newestFirst
+	return res, nil
+}
+
+// keepInTimeline applies the timeline filter and the ignore list to e.
+func (b *builder) keepInTimeline(e *roomserver.Event, tf *matrix.RoomEventFilter) bool {
+	sender := string(e.PDU.SenderID())
+	if b.ignored[sender] && e.PDU.StateKey() == nil {
+		return false
+	}
+	if tf == nil {
+		return true
+	}
+	if !eventFilterAllows(&tf.EventFilter, e.PDU.Type(), sender) {
+		return false
+	}
+	if tf.ContainsURL != nil {
+		var c struct {
+			URL any `json:"url"`
+		}
+		_ = json.Unmarshal(e.PDU.Content(), &c)
+		if (c.URL != nil) != *tf.ContainsURL {
+			return false
+		}
+	}
+	return true
+}
+
+func (b *builder) clientEvent(e *roomserver.Event) matrix.ClientEvent {
+	o := matrix.ClientEventOptions{OmitRoomID: true, Now: b.now, Membership: b.membership[e.PDU.EventID()]}
+	if e.TxnID != "" && e.DeviceID == b.req.dev.DeviceID && string(e.PDU.SenderID()) == b.userID {
+		o.TxnID = e.TxnID
+	}
+	if e.RedactedBecause != nil {
+		rb := matrix.ToClientEvent(e.RedactedBecause, matrix.ClientEventOptions{OmitRoomID: true, Now: b.now})
+		o.RedactedBecause = &rb
+	}
+	return matrix.ToClientEvent(e.PDU, o)
+}
+
+func (b *builder) clientEvents(evs []*roomserver.Event) []matrix.ClientEvent {
+	out := make([]matrix.ClientEvent, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, b.clientEvent(e))
+	}
+	return out
+}
+
+// lazyMembers reports whether the state filter asks for lazy-loaded members.
+func (b *builder) lazyMembers() bool {
+	sf := b.stateFilter()
+	return sf != nil && sf.LazyLoadMembers
+}
+
+// stateAt returns the state of roomID as of pos: all of it, or with lazy loading everything
+// but the members other than those named.
+func (b *builder) stateAt(ctx context.Context, roomID string, pos int64, members []string) ([]*roomserver.Event, error) {
+	if b.lazyMembers() {
+		return b.s.rooms.StateAtPosFiltered(ctx, roomID, pos, members)
+	}
+	return b.s.rooms.StateAtPos(ctx, roomID, pos)
+}
+
+// stateDelta returns the entries of the state as of pos that differ from the state as of from.
+func (b *builder) stateDelta(ctx context.Context, roomID string, from, pos int64, members []string) ([]*roomserver.Event, error) {
+	old, err := b.stateAt(ctx, roomID, from, nil)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := b.stateAt(ctx, roomID, pos, members)
+	if err != nil {
+		return nil, err
+	}
+	had := make(map[string]bool, len(old))
+	for _, e := range old {
+		had[e.PDU.EventID()] = true
+	}
+	out := cur[:0:0]
+	for _, e := range cur {
+		if !had[e.PDU.EventID()] {
+			out = append(out, e)
+		}
+	}
+	if b.lazyMembers() && len(members) > 0 {
+		// A lazy-loading client may never have seen the members of this timeline's
+		// senders; sending them again is allowed (redundant members).
+		seen := map[string]bool{}
+		for _, e := range out {
+			seen[e.PDU.EventID()] = true
+		}
+		for _, e := range cur {
+			if e.PDU.Type() == "m.room.member" && !seen[e.PDU.EventID()] {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// sectionState computes a room section's state: with full set, the whole state at the
+// start of the timeline (or, for state_after, at its end, upTo); otherwise what changed since
+// `since` when the timeline does not show every change.
+func (b *builder) sectionState(ctx context.Context, roomID string, tl timelineResult, upTo int64, full bool) ([]matrix.ClientEvent, error) {
+	members := []string{b.userID}
+	inTimeline := map[string]bool{}
+	hasState := false
+	for _, e := range tl.events {
+		inTimeline[e.PDU.EventID()] = true
+		if !slices.Contains(members, string(e.PDU.SenderID())) {
+			members = append(members, string(e.PDU.SenderID()))
+		}
+		if e.PDU.StateKey() != nil {
+			hasState = true
+		}
+	}
+	var (
+		evs []*roomserver.Event
+		err error
+	)
+	switch {
+	case b.req.stateAfter != "" && full:
+		evs, err = b.stateAt(ctx, roomID, upTo, members)
+	case b.req.stateAfter != "":
+		if tl.gap || hasState {
+			evs, err = b.stateDelta(ctx, roomID, b.since.Rooms, upTo, members)
+		}
+	default:
+		start := upTo
+		if len(tl.events) > 0 {
+			start = tl.events[0].StreamPos - 1
+		}
+		if full {
+			evs, err = b.stateAt(ctx, roomID, start, members)
+		} else if tl.gap {
+			evs, err = b.stateDelta(ctx, roomID, b.since.Rooms, start, members)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	sf := b.stateFilter()
+	out := []matrix.ClientEvent{}
+	for _, e := range evs {
+		if b.req.stateAfter == "" && inTimeline[e.PDU.EventID()] {
+			continue
+		}
+		if sf != nil && (!eventFilterAllows(&sf.EventFilter, e.PDU.Type(), string(e.PDU.SenderID())) || !roomEventFilterAllowsRoom(sf, roomID)) {
+			continue
+		}
+		out = append(out, b.clientEvent(e))
+	}
+	return out, nil
+}
+
+// prevBatch is the token /messages pages back from: just before the timeline's first event.
+func (b *builder) prevBatch(tl timelineResult) string {
+	t := b.to
+	if len(tl.events) > 0 {
+		t.Rooms = tl.events[0].StreamPos - 1
+	}
+	return t.String()
+}
+
+// joined builds a joined room's section. full means the whole state is sent (an initial
+// sync, full_state, or a new join); newly marks a join in range.
+func (b *builder) joined(ctx context.Context, roomID string, full, newly bool) (*joinedRoom, error) {
+	jr := &joinedRoom{
+		Ephemeral: eventList{Events: []any{}}, AccountData: eventList{Events: []any{}},
+		Summary: map[string]any{},
+	}
+	after := b.since.Rooms
+	if full {
+		after = 0
+	}
+	// A user joined throughout the range may see all of it; history before a join is
+	// judged by history visibility.
+	tl, err := b.timeline(ctx, roomID, after, b.to.Rooms, full)
+	if err != nil {
+		return nil, err
+	}
+	if newly {
+		tl.limited, tl.gap = true, true
+	}
+	jr.Timeline = timeline{Events: b.clientEvents(tl.events), Limited: tl.limited, PrevBatch: b.prevBatch(tl)}
+	st, err := b.sectionState(ctx, roomID, tl, b.to.Rooms, full)
+	if err != nil {
+		return nil, err
+	}
+	jr.set(b.req.stateAfter, st)
+
+	// Ephemeral events: typing and receipts.
+	var ephemeral []any
+	if users, tpos := b.s.typing.users(roomID); (full && len(users) > 0) || (!b.initial && tpos > b.since.Typing) {
+		if users == nil {
+			users = []string{}
+		}
+		ephemeral = append(ephemeral, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
+	}
+	if rc := b.receiptContent(b.receipts[roomID]); rc != nil {
+		ephemeral = append(ephemeral, map[string]any{"type": "m.receipt", "content": rc})
+	}
+	var ef *matrix.RoomEventFilter
+	if rf := b.req.filter.Room; rf != nil {
+		ef = rf.Ephemeral
+	}
+	for _, e := range ephemeral {
+		typ := e.(map[string]any)["type"].(string)
+		if roomEventFilterAllows(ef, roomID, typ, "") {
+			jr.Ephemeral.Events = append(jr.Ephemeral.Events, e)
+		}
+	}
+	if ef != nil {
+		jr.Ephemeral.Events = limitEvents(jr.Ephemeral.Events, &ef.EventFilter)
+	}
+
+	// The summary, when members may have changed.
+	needSummary := full
+	for _, e := range tl.events {
+		if e.PDU.Type() == "m.room.member" {
+			needSummary = true
+			break
+		}
+	}
+	if needSummary {
+		sum, err := b.s.rooms.Summary(ctx, roomID, b.userID)
+		if err != nil {
+			return nil, err
+		}
+		heroes := sum.Heroes
+		if heroes == nil {
+			heroes = []string{}
+		}
+		jr.Summary = map[string]any{
+			"m.joined_member_count": sum.Joined, "m.invited_member_count": sum.Invited, "m.heroes": heroes,
+		}
+	}
+	return jr, nil
+}
+
+// receiptContent builds an m.receipt content from rs, leaving out other users' private
+// receipts; nil when nothing remains.
+func (b *builder) receiptContent(rs []Receipt) map[string]map[string]map[string]any {
+	var out map[string]map[string]map[string]any
+	for _, r := range rs {
+		if r.Type == receiptReadPrivate && r.UserID != b.userID {
+			continue
+		}
+		if b.ignored[r.UserID] {
+			continue
+		}
+		if out == nil {
+			out = map[string]map[string]map[string]any{}
+		}
+		byType := out[r.EventID]
+		if byType == nil {
+			byType = map[string]map[string]any{}
+			out[r.EventID] = byType
+		}
+		byUser := byType[r.Type]
+		if byUser == nil {
+			byUser = map[string]any{}
+			byType[r.Type] = byUser
+		}
+		info := map[string]any{"ts": r.TS}
+		if r.ThreadID != "" {
+			info["thread_id"] = r.ThreadID
+		}
+		byUser[r.UserID] = info
+	}
+	return out
+}
+
+// left builds a left room's section: its timeline ends at the user's leave (or ban) at
+// position leavePos, so nothing after it is served.
+func (b *builder) left(ctx context.Context, roomID string, leavePos int64) (*leftRoom, error) {
+	lr := &leftRoom{AccountData: eventList{Events: []any{}}}
+	after := b.since.Rooms
+	full := b.initial
+	if full {
+		after = 0
+	}
+	tl, err := b.timeline(ctx, roomID, after, leavePos, true)
+	if err != nil {
+		return nil, err
+	}
+	lr.Timeline = timeline{Events: b.clientEvents(tl.events), Limited: tl.limited}
+	if len(tl.events) > 0 {
+		t := b.to
+		t.Rooms = tl.events[0].StreamPos - 1
+		lr.Timeline.PrevBatch = t.String()
+	}
+	st, err := b.sectionState(ctx, roomID, tl, leavePos, full)
+	if err != nil {
+		return nil, err
+	}
+	lr.set(b.req.stateAfter, st)
+	return lr, nil
+}
+
+// strippedState returns an invite's or knock's stripped state: the room state the inviting
+// server attached under unsigned[key], then the membership event itself.
+func strippedState(ev *roomserver.Event, key string, now time.Time) []any {
+	out := []any{}
+	var unsigned map[string]json.RawMessage
+	_ = json.Unmarshal(ev.PDU.Unsigned(), &unsigned)
+	var state []json.RawMessage
+	_ = json.Unmarshal(unsigned[key], &state)
+	for _, st := range state {
+		out = append(out, st)
+	}
+	ce := matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{OmitRoomID: true, Now: now})
+	return append(out, map[string]any{
+		"type": ce.Type, "state_key": ce.StateKey, "sender": ce.Sender, "content": ce.Content,
+		"event_id": ce.EventID, "origin_server_ts": ce.OriginServerTS,
+	})
+}
+
+// presence fills the presence section: on an initial sync everyone sharing a room with the
+// user; on an incremental one those whose presence changed, the members of rooms the user
+// newly joined, and the users who newly joined the user's rooms.
+func (b *builder) presence(ctx context.Context, resp *response, newlyJoined []string, changes []roomserver.MemberChange) error {
+	pf := b.req.filter.Presence
+	if pf != nil && pf.Limit != nil && *pf.Limit == 0 {
+		return nil
+	}
+	var ps []Presence
+	extra := map[string]bool{}
+	if b.initial {
+		users, err := b.s.rooms.SharedRoomMembers(ctx, b.userID)
+		if err != nil {
+			return err
+		}
+		if ps, err = b.s.store.presenceOf(ctx, users); err != nil {
+			return err
+		}
+	} else {
+		if b.to.Presence > b.since.Presence {
+			changed, err := b.s.store.presenceSince(ctx, b.since.Presence, b.to.Presence)
+			if err != nil {
+				return err
+			}
+			if len(changed) > 0 {
+				ids := make([]string, 0, len(changed))
+				for _, p := range changed {
+					ids = append(ids, p.UserID)
+				}
+				shared, err := b.s.rooms.SharingUsers(ctx, b.userID, ids)
+				if err != nil {
+					return err
+				}
+				for _, p := range changed {
+					if slices.Contains(shared, p.UserID) {
+						ps = append(ps, p)
+					}
+				}
+			}
+		}
+		for _, roomID := range newlyJoined {
+			members, err := b.s.rooms.JoinedMembers(ctx, roomID)
+			if err != nil {
+				return err
+			}
+			for _, m := range members {
+				extra[m] = true
+			}
+		}
+		for _, c := range changes {
+			if c.Membership == "join" && c.UserID != b.userID {
+				extra[c.UserID] = true
+			}
+		}
+		for _, p := range ps {
+			delete(extra, p.UserID)
+		}
+		if len(extra) > 0 {
+			ids := make([]string, 0, len(extra))
+			for id := range extra {
+				ids = append(ids, id)
+			}
+			slices.Sort(ids)
+			more, err := b.s.store.presenceOf(ctx, ids)
+			if err != nil {
+				return err
+			}
+			for _, p := range more {
+				delete(extra, p.UserID)
+			}
+			ps = append(ps, more...)
+		}
+	}
+	seen := map[string]bool{}
+	emit := func(userID string, p *Presence) {
+		if seen[userID] || b.ignored[userID] || !eventFilterAllows(pf, "m.presence", userID) {
+			return
+		}
+		seen[userID] = true
+		resp.Presence.Events = append(resp.Presence.Events, map[string]any{
+			"type": "m.presence", "sender": userID, "content": toPresenceContent(p, b.now),
+		})
+	}
+	for i := range ps {
+		emit(ps[i].UserID, &ps[i])
+	}
+	// Newly met users with no presence stored show as offline.
+	for _, id := range sortedKeys(extra) {
+		emit(id, nil)
+	}
+	resp.Presence.Events = limitEvents(resp.Presence.Events, pf)
+	return nil
+}
+
+// deviceLists fills device_lists for an incremental sync: users who newly share a room with
+// the user are "changed", users who no longer share any are "left".
+func (b *builder) deviceLists(ctx context.Context, resp *response, newlyJoined, newlyLeft []string, changes []roomserver.MemberChange) error {
+	changed := map[string]bool{}
+	candidates := map[string]bool{}
+	for _, c := range changes {
+		if c.UserID == b.userID {
+			continue
+		}
+		switch c.Membership {
+		case "join":
+			changed[c.UserID] = true
+			delete(candidates, c.UserID)
+		case "leave", "ban":
+			candidates[c.UserID] = true
+			delete(changed, c.UserID)
+		}
+	}
+	for _, roomID := range newlyJoined {
+		members, err := b.s.rooms.JoinedMembers(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		for _, m := range members {
+			if m != b.userID {
+				changed[m] = true
+			}
+		}
+	}
+	for _, roomID := range newlyLeft {
+		members, err := b.s.rooms.JoinedMembers(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		for _, m := range members {
+			if m != b.userID && !changed[m] {
+				candidates[m] = true
+			}
+		}
+	}
+	if len(candidates) > 0 {
+		ids := sortedKeys(candidates)
+		shared, err := b.s.rooms.SharingUsers(ctx, b.userID, ids)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if !slices.Contains(shared, id) {
+				resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
+			}
+		}
+	}
+	resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, sortedKeys(changed)...)
+	return nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// roomAllowed applies the room filter's rooms and not_rooms.
 func roomAllowed(f *matrix.RoomFilter, roomID string) bool {
 	if f == nil {
 		return true
@@ -232,122 +1033,79 @@ func roomAllowed(f *matrix.RoomFilter, roomID string) bool {
 	return !slices.Contains(f.NotRooms, roomID)
 }
 
-func (s *Service) clientEvent(e *roomserver.Event, req *syncRequest, now time.Time) matrix.ClientEvent {
-	o := matrix.ClientEventOptions{OmitRoomID: true, Now: now}
-	if e.TxnID != "" && e.DeviceID == req.dev.DeviceID && string(e.PDU.SenderID()) == req.dev.UserID {
-		o.TxnID = e.TxnID
+// roomEventFilterAllowsRoom applies a room event filter's rooms and not_rooms.
+func roomEventFilterAllowsRoom(f *matrix.RoomEventFilter, roomID string) bool {
+	if f == nil {
+		return true
 	}
-	return matrix.ToClientEvent(e.PDU, o)
+	if f.Rooms != nil && !slices.Contains(f.Rooms, roomID) {
+		return false
+	}
+	return !slices.Contains(f.NotRooms, roomID)
 }
 
-// joined builds a joined room's section. newlyJoined means the user's membership changed in
-// the range, so the whole state is sent rather than a delta.
-func (s *Service) joined(ctx context.Context, req *syncRequest, roomID string, since, to Token, newlyJoined bool, now time.Time) (*joinedRoom, error) {
-	jr := &joinedRoom{
-		Ephemeral: eventList{Events: []any{}}, AccountData: eventList{Events: []any{}},
-		Summary: map[string]any{},
+// roomEventFilterAllows applies a room event filter to an event of evType from sender in
+// roomID.
+func roomEventFilterAllows(f *matrix.RoomEventFilter, roomID, evType, sender string) bool {
+	if f == nil {
+		return true
 	}
-	initial := req.since == nil || req.fullState || newlyJoined
-	after := since.Rooms
-	if req.since == nil {
-		after = 0
-	}
-	evs, limited, err := s.rooms.RoomEvents(ctx, roomID, after, to.Rooms, req.timelineLimit())
-	if err != nil {
-		return nil, err
-	}
-	jr.Timeline.Events = make([]matrix.ClientEvent, 0, len(evs))
-	inTimeline := map[string]bool{}
-	for _, e := range evs {
-		jr.Timeline.Events = append(jr.Timeline.Events, s.clientEvent(e, req, now))
-		inTimeline[e.PDU.EventID()] = true
-	}
-	jr.Timeline.Limited = limited
-	// State is the state at the start of the timeline: everything on an initial sync,
-	// what changed since `since` otherwise.
-	startPos := to.Rooms
-	if len(evs) > 0 {
-		startPos = evs[0].StreamPos - 1
-	}
-	jr.State.Events = []matrix.ClientEvent{}
-	if initial || limited {
-		cur, err := s.rooms.StateAtPos(ctx, roomID, startPos)
-		if err != nil {
-			return nil, err
-		}
-		var prev map[string]string
-		if !initial {
-			old, err := s.rooms.StateAtPos(ctx, roomID, since.Rooms)
-			if err != nil {
-				return nil, err
-			}
-			prev = make(map[string]string, len(old))
-			for _, e := range old {
-				prev[e.PDU.EventID()] = ""
-			}
-		}
-		for _, e := range cur {
-			if inTimeline[e.PDU.EventID()] {
-				continue
-			}
-			if prev != nil {
-				if _, had := prev[e.PDU.EventID()]; had {
-					continue
-				}
-			}
-			jr.State.Events = append(jr.State.Events, s.clientEvent(e, req, now))
-		}
-	}
-	if len(evs) > 0 {
-		jr.Timeline.PrevBatch = Token{Rooms: evs[0].StreamPos - 1, AccountData: to.AccountData}.String()
-	} else {
-		jr.Timeline.PrevBatch = to.String()
-	}
-	return jr, nil
+	return roomEventFilterAllowsRoom(f, roomID) && eventFilterAllows(&f.EventFilter, evType, sender)
 }
 
-func (s *Service) invited(ev *roomserver.Event, now time.Time) *invitedRoom {
-	ir := &invitedRoom{InviteState: eventList{Events: []any{}}}
-	var unsigned struct {
-		InviteRoomState []json.RawMessage `json:"invite_room_state"`
+// eventFilterAllows applies types, not_types, senders and not_senders. An empty sender skips
+// the sender checks (for events without one, such as account data).
+func eventFilterAllows(f *matrix.EventFilter, evType, sender string) bool {
+	if f == nil {
+		return true
 	}
-	_ = json.Unmarshal(ev.PDU.Unsigned(), &unsigned)
-	for _, st := range unsigned.InviteRoomState {
-		ir.InviteState.Events = append(ir.InviteState.Events, st)
+	for _, p := range f.NotTypes {
+		if typeMatches(p, evType) {
+			return false
+		}
 	}
-	ce := matrix.ToClientEvent(ev.PDU, matrix.ClientEventOptions{OmitRoomID: true, Now: now})
-	ir.InviteState.Events = append(ir.InviteState.Events, map[string]any{
-		"type": ce.Type, "state_key": ce.StateKey, "sender": ce.Sender, "content": ce.Content,
-	})
-	return ir
+	if f.Types != nil && !slices.ContainsFunc(f.Types, func(p string) bool { return typeMatches(p, evType) }) {
+		return false
+	}
+	if sender != "" {
+		if slices.Contains(f.NotSenders, sender) {
+			return false
+		}
+		if f.Senders != nil && !slices.Contains(f.Senders, sender) {
+			return false
+		}
+	}
+	return true
 }
 
-// left builds a left room's section: the timeline up to and including the leave.
-func (s *Service) left(ctx context.Context, req *syncRequest, roomID string, since Token, leave *roomserver.Event, now time.Time) (*leftRoom, error) {
-	lr := &leftRoom{AccountData: eventList{Events: []any{}}}
-	if leave == nil {
-		_, ev, err := s.rooms.Membership(ctx, roomID, req.dev.UserID)
-		if err != nil || ev == nil {
-			return nil, err
+// typeMatches matches an event type against a filter pattern, where * matches any run of
+// characters.
+func typeMatches(pattern, evType string) bool {
+	if !strings.Contains(pattern, "*") {
+		return pattern == evType
+	}
+	parts := strings.Split(pattern, "*")
+	if !strings.HasPrefix(evType, parts[0]) {
+		return false
+	}
+	rest := evType[len(parts[0]):]
+	for i, p := range parts[1:] {
+		if i == len(parts)-2 {
+			return strings.HasSuffix(rest, p)
 		}
-		leave = ev
+		j := strings.Index(rest, p)
+		if j < 0 {
+			return false
+		}
+		rest = rest[j+len(p):]
 	}
-	after := since.Rooms
-	if req.since == nil {
-		after = 0
+	return true
+}
+
+// limitEvents cuts evs to the filter's limit.
+func limitEvents(evs []any, f *matrix.EventFilter) []any {
+	if f != nil && f.Limit != nil && len(evs) > *f.Limit {
+		return evs[:max(*f.Limit, 0)]
 	}
-	evs, limited, err := s.rooms.RoomEvents(ctx, roomID, after, leave.StreamPos, req.timelineLimit())
-	if err != nil {
-		return nil, err
-	}
-	lr.Timeline.Events = make([]matrix.ClientEvent, 0, len(evs))
-	for _, e := range evs {
-		lr.Timeline.Events = append(lr.Timeline.Events, s.clientEvent(e, req, now))
-	}
-	lr.Timeline.Limited = limited
-	lr.State.Events = []matrix.ClientEvent{}
-	if len(evs) > 0 {
-		lr.Timeline.PrevBatch = Token{Rooms: evs[0].StreamPos - 1}.String()
-	}
-	return lr, nil
+	return evs
 }

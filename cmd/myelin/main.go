@@ -167,7 +167,14 @@ func run(f flags) error {
 		return err
 	}
 	client := clientapi.New(cfg, users, rooms, log.With("component", "clientapi"))
-	syncer := syncapi.New(rooms, users, client.Authenticate, syncapi.Streams{Rooms: roomEvents, AccountData: accountData}, log.With("component", "syncapi"))
+	syncer, err := syncapi.New(db, rooms, users, client.Authenticate, syncapi.Streams{
+		Rooms: roomEvents, AccountData: accountData,
+		Receipts: bus.NewStream(0), Presence: bus.NewStream(0),
+		Typing: bus.NewStream(time.Now().UnixMilli()), // typing lives in memory; see syncapi
+	}, log.With("component", "syncapi"))
+	if err != nil {
+		return err
+	}
 	fed := federationapi.New(federationapi.Config{
 		ServerName: cfg.Global.ServerName, Key: key, KeyValidityPeriod: cfg.Global.KeyValidityPeriod, Version: clientapi.Version,
 	})

@@ -29,6 +29,9 @@ type ClientEventOptions struct {
 	// RedactedBecause is the redaction event that redacted this one, if any.
 	RedactedBecause *ClientEvent
 	Now             time.Time
+	// Membership is the requesting user's membership at the event (MSC4115), sent as
+	// unsigned.membership when set.
+	Membership string
 }
 
 // ToClientEvent converts a PDU to the client format.
@@ -61,6 +64,9 @@ func ToClientEvent(ev gomatrixserverlib.PDU, o ClientEventOptions) ClientEvent {
 	unsigned["age"] = now.UnixMilli() - ce.OriginServerTS
 	if o.TxnID != "" {
 		unsigned["transaction_id"] = o.TxnID
+	}
+	if o.Membership != "" {
+		unsigned["membership"] = o.Membership
 	}
 	if o.RedactedBecause != nil {
 		unsigned["redacted_because"] = o.RedactedBecause
