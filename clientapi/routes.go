@@ -18,6 +18,7 @@ func (s *Service) Register(r *mux.Router) {
 	r.Handle("/.well-known/matrix/server", h(s.wellKnownServer)).Methods(get)
 	r.Handle("/_synapse/admin/v1/register", h(s.adminRegisterNonce)).Methods(get)
 	r.Handle("/_synapse/admin/v1/register", h(s.adminRegister)).Methods(post)
+	s.registerAdmin(httpx.Prefix{Router: r})
 
 	// Every endpoint below is served under r0 and v3 (and v1 where the spec says so).
 	c := httpx.Prefix{Router: r, Path: "/_matrix/client/{apiVersion:(?:r0|v3)}"}

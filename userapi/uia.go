@@ -198,3 +198,37 @@ func (s *Service) DeleteRegistrationToken(ctx context.Context, token string) err
 	}
 	return nil
 }
+
+// RegistrationTokenByName returns one admin-made token, or ErrNotFound.
+func (s *Service) RegistrationTokenByName(ctx context.Context, token string) (*RegistrationToken, error) {
+	ts, err := s.RegistrationTokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range ts {
+		if ts[i].Token == token {
+			return &ts[i], nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+// UpdateRegistrationToken changes a token's allowed uses and expiry (nil clears a limit). It
+// returns ErrNotFound.
+func (s *Service) UpdateRegistrationToken(ctx context.Context, token string, usesAllowed, expiry *int64) error {
+	var uses, exp sql.NullInt64
+	if usesAllowed != nil {
+		uses = sql.NullInt64{Int64: *usesAllowed, Valid: true}
+	}
+	if expiry != nil {
+		exp = sql.NullInt64{Int64: *expiry, Valid: true}
+	}
+	res, err := s.db.Exec(ctx, `UPDATE registration_tokens SET uses_allowed = $1, expiry_ts = $2 WHERE token = $3`, uses, exp, token)
+	if err != nil {
+		return fmt.Errorf("updating registration token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
