@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/myelin-chat/myelin/internal/matrix"
@@ -1056,50 +1055,7 @@ func roomEventFilterAllows(f *matrix.RoomEventFilter, roomID, evType, sender str
 // eventFilterAllows applies types, not_types, senders and not_senders. An empty sender skips
 // the sender checks (for events without one, such as account data).
 func eventFilterAllows(f *matrix.EventFilter, evType, sender string) bool {
-	if f == nil {
-		return true
-	}
-	for _, p := range f.NotTypes {
-		if typeMatches(p, evType) {
-			return false
-		}
-	}
-	if f.Types != nil && !slices.ContainsFunc(f.Types, func(p string) bool { return typeMatches(p, evType) }) {
-		return false
-	}
-	if sender != "" {
-		if slices.Contains(f.NotSenders, sender) {
-			return false
-		}
-		if f.Senders != nil && !slices.Contains(f.Senders, sender) {
-			return false
-		}
-	}
-	return true
-}
-
-// typeMatches matches an event type against a filter pattern, where * matches any run of
-// characters.
-func typeMatches(pattern, evType string) bool {
-	if !strings.Contains(pattern, "*") {
-		return pattern == evType
-	}
-	parts := strings.Split(pattern, "*")
-	if !strings.HasPrefix(evType, parts[0]) {
-		return false
-	}
-	rest := evType[len(parts[0]):]
-	for i, p := range parts[1:] {
-		if i == len(parts)-2 {
-			return strings.HasSuffix(rest, p)
-		}
-		j := strings.Index(rest, p)
-		if j < 0 {
-			return false
-		}
-		rest = rest[j+len(p):]
-	}
-	return true
+	return f.Matches(evType, sender)
 }
 
 // limitEvents cuts evs to the filter's limit.

@@ -62,7 +62,9 @@ func TestDecodeJSONErrors(t *testing.T) {
 
 func TestRouterUnknownAndWrongMethod(t *testing.T) {
 	r := httpx.NewRouter()
-	ok := httpx.Handler(func(w http.ResponseWriter, r *http.Request) error { return httpx.WriteJSON(w, 200, map[string]string{}) })
+	ok := httpx.Handler(func(w http.ResponseWriter, r *http.Request) error {
+		return httpx.WriteJSON(w, 200, map[string]string{})
+	})
 	r.Handle("/a/b", ok).Methods("GET")
 	sub := httpx.Prefix{Router: r, Path: "/_matrix/client/{v:(?:r0|v3)}"}
 	sub.Handle("/login", ok).Methods("GET", "POST")

@@ -8,16 +8,19 @@ import (
 
 // Matches reports whether an event of evType from sender passes the filter's senders, types
 // and their negations; a nil filter passes everything. Types may use '*' as a wildcard for
-// any sequence of characters.
+// any sequence of characters. An empty sender skips the sender checks, for events that have
+// none (account data).
 func (e *EventFilter) Matches(evType, sender string) bool {
 	if e == nil {
 		return true
 	}
-	if slices.Contains(e.NotSenders, sender) {
-		return false
-	}
-	if e.Senders != nil && !slices.Contains(e.Senders, sender) {
-		return false
+	if sender != "" {
+		if slices.Contains(e.NotSenders, sender) {
+			return false
+		}
+		if e.Senders != nil && !slices.Contains(e.Senders, sender) {
+			return false
+		}
 	}
 	for _, t := range e.NotTypes {
 		if typeMatches(t, evType) {
