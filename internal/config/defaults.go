@@ -70,7 +70,7 @@ func Default() *Config {
 				"fe80::/64",
 				"fc00::/7",
 			},
-			AllowNetworks: []string{"0.0.0.0/0"},
+			AllowNetworks: []string{"0.0.0.0/0", "::/0"},
 		},
 		MediaAPI: MediaAPI{
 			MaxFileSizeBytes:       DefaultMaxFileSizeBytes,
