@@ -170,18 +170,30 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 			"m.topic": map[string]any{"m.text": []map[string]string{{"mimetype": "text/plain", "body": *req.Topic}}},
 		}))
 	}
+	var remoteInvites []roomserver.SendRequest // their servers must sign them: sent after creation
 	for _, inv := range req.Invite {
 		extra := map[string]any{}
 		if req.IsDirect {
 			extra["is_direct"] = true
 		}
-		initial = append(initial, fledgling("m.room.member", inv, json.RawMessage(s.memberContent(r.Context(), inv, "invite", extra))))
+		content := json.RawMessage(s.memberContent(r.Context(), inv, "invite", extra))
+		if _, server, err := matrix.SplitID('@', inv); err == nil && server != s.global.ServerName {
+			remoteInvites = append(remoteInvites, roomserver.SendRequest{Sender: creator, Type: "m.room.member", StateKey: &inv, Content: content})
+			continue
+		}
+		initial = append(initial, fledgling("m.room.member", inv, content))
 	}
 	roomID, err := s.rooms.CreateRoom(r.Context(), roomserver.CreateRoomRequest{
 		Creator: creator, RoomVersion: version, CreateContent: createRaw, Initial: initial,
 	})
 	if err != nil {
 		return err
+	}
+	for _, inv := range remoteInvites {
+		inv.RoomID = roomID
+		if _, err := s.rooms.Send(r.Context(), inv); err != nil {
+			s.log.Warn("inviting a remote user to a new room", "room_id", roomID, "user_id", *inv.StateKey, "error", err)
+		}
 	}
 	if err := s.finishNewRoom(r.Context(), roomID, creator, alias, req.Visibility == "public"); err != nil {
 		return err

@@ -30,6 +30,9 @@ type Rooms interface {
 	RoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.RoomVersion, error)
 	UpgradeRoom(ctx context.Context, r roomserver.UpgradeRequest) (string, error)
 	VisibleInDirectory(ctx context.Context, searcher string, candidates []string) (map[string]bool, error)
+	JoinRoom(ctx context.Context, r roomserver.MembershipRequest) (string, error)
+	KnockRoom(ctx context.Context, r roomserver.MembershipRequest) (string, error)
+	RemoteAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
 	Directory
 	roomReader
 }
@@ -209,18 +212,40 @@ func (s *Service) joinRoom(w http.ResponseWriter, r *http.Request, dev *userapi.
 	if roomID == "" {
 		roomID = httpx.Var(r, "roomIDOrAlias")
 	}
-	if err := s.resolveRoomAlias(r.Context(), &roomID); err != nil {
+	via, err := s.viaServers(r.Context(), r, &roomID)
+	if err != nil {
 		return err
 	}
 	uid := dev.UserID
-	_, err = s.rooms.Send(r.Context(), roomserver.SendRequest{
-		RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid,
-		Content: s.memberContent(r.Context(), uid, "join", extra),
+	_, err = s.rooms.JoinRoom(r.Context(), roomserver.MembershipRequest{
+		RoomID: roomID, UserID: uid, Via: via, Content: s.memberContent(r.Context(), uid, "join", extra),
 	})
 	if err != nil {
 		return roomErr(err)
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+}
+
+// viaServers resolves *roomIDOrAlias to a room ID (asking the alias's server for a remote
+// alias) and returns the servers to join or knock through: the via and server_name query
+// parameters, then the servers a remote alias named.
+func (s *Service) viaServers(ctx context.Context, r *http.Request, roomIDOrAlias *string) ([]string, error) {
+	q := r.URL.Query()
+	via := append(q["via"], q["server_name"]...)
+	if strings.HasPrefix(*roomIDOrAlias, "#") {
+		if _, server, err := matrix.SplitID('#', *roomIDOrAlias); err == nil && server != s.global.ServerName {
+			roomID, servers, err := s.rooms.RemoteAlias(ctx, *roomIDOrAlias)
+			if err != nil {
+				return nil, err
+			}
+			*roomIDOrAlias = roomID
+			return append(via, servers...), nil
+		}
+	}
+	if err := s.resolveRoomAlias(ctx, roomIDOrAlias); err != nil {
+		return nil, err
+	}
+	return via, nil
 }
 
 // decodeMemberBody reads the optional body of /join or /knock: as in Synapse, its keys
@@ -254,13 +279,13 @@ func (s *Service) knockRoom(w http.ResponseWriter, r *http.Request, dev *userapi
 		return err
 	}
 	roomID := httpx.Var(r, "roomIDOrAlias")
-	if err := s.resolveRoomAlias(r.Context(), &roomID); err != nil {
+	via, err := s.viaServers(r.Context(), r, &roomID)
+	if err != nil {
 		return err
 	}
 	uid := dev.UserID
-	_, err = s.rooms.Send(r.Context(), roomserver.SendRequest{
-		RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid,
-		Content: s.memberContent(r.Context(), uid, "knock", extra),
+	_, err = s.rooms.KnockRoom(r.Context(), roomserver.MembershipRequest{
+		RoomID: roomID, UserID: uid, Via: via, Content: s.memberContent(r.Context(), uid, "knock", extra),
 	})
 	if err != nil {
 		return roomErr(err)

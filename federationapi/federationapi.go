@@ -4,16 +4,12 @@
 package federationapi
 
 import (
-	"encoding/json"
 	"net/http"
 	"time"
 
 	"github.com/gorilla/mux"
-	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
-	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/serverkey"
 )
 
@@ -27,11 +23,12 @@ type Config struct {
 
 // Service is the Server-Server API.
 type Service struct {
-	cfg Config
+	cfg  Config
+	keys Keys
 }
 
-// New returns the federation API.
-func New(cfg Config) *Service { return &Service{cfg: cfg} }
+// New returns the federation API. keys serves our key document and the notary endpoints.
+func New(cfg Config, keys Keys) *Service { return &Service{cfg: cfg, keys: keys} }
 
 // Register adds the federation and key routes to r.
 func (s *Service) Register(r *mux.Router) {
@@ -39,39 +36,12 @@ func (s *Service) Register(r *mux.Router) {
 	r.Handle("/_matrix/federation/v1/version", h(s.version)).Methods(http.MethodGet)
 	r.Handle("/_matrix/key/v2/server", h(s.serverKeys)).Methods(http.MethodGet)
 	r.Handle("/_matrix/key/v2/server/{keyID}", h(s.serverKeys)).Methods(http.MethodGet)
-	// The notary endpoint arrives with federation; until then it answers as not built.
-	r.Handle("/_matrix/key/v2/query", h(notBuilt)).Methods(http.MethodPost)
-	r.Handle("/_matrix/key/v2/query/{serverName}", h(notBuilt)).Methods(http.MethodGet)
-}
-
-func notBuilt(w http.ResponseWriter, r *http.Request) error {
-	return matrix.Unrecognized(http.StatusNotFound)
+	r.Handle("/_matrix/key/v2/query", h(s.notaryQuery)).Methods(http.MethodPost)
+	r.Handle("/_matrix/key/v2/query/{serverName}", h(s.notaryQueryOne)).Methods(http.MethodGet)
 }
 
 func (s *Service) version(w http.ResponseWriter, r *http.Request) error {
 	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"server": map[string]string{"name": "Myelin", "version": s.cfg.Version},
 	})
-}
-
-// serverKeys publishes this server's signing key, self-signed, valid for the configured period.
-func (s *Service) serverKeys(w http.ResponseWriter, r *http.Request) error {
-	var keys gomatrixserverlib.ServerKeyFields
-	keys.ServerName = spec.ServerName(s.cfg.ServerName)
-	keys.ValidUntilTS = spec.AsTimestamp(time.Now().Add(s.cfg.KeyValidityPeriod))
-	keys.VerifyKeys = map[gomatrixserverlib.KeyID]gomatrixserverlib.VerifyKey{
-		gomatrixserverlib.KeyID(s.cfg.Key.ID): {Key: spec.Base64Bytes(s.cfg.Key.Public())},
-	}
-	keys.OldVerifyKeys = map[gomatrixserverlib.KeyID]gomatrixserverlib.OldVerifyKey{}
-	raw, err := json.Marshal(keys)
-	if err != nil {
-		return err
-	}
-	signed, err := gomatrixserverlib.SignJSON(s.cfg.ServerName, gomatrixserverlib.KeyID(s.cfg.Key.ID), s.cfg.Key.Private, raw)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, err = w.Write(signed)
-	return err
 }

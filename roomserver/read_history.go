@@ -299,8 +299,8 @@ func (s *Service) VisibleEvents(ctx context.Context, userID string, evs []*Event
 		}
 		var ok bool
 		switch {
-		case own && (e.StreamPos == 0 || !stored):
-			ok = true // an outlier of our own membership, such as an invite over federation
+		case own && (e.StreamPos == 0 || !stored || sn.before == 0):
+			ok = true // our own membership outside the room's DAG, such as an invite over federation
 		case own && memAfter == spec.Leave && memBefore == spec.Invite:
 			ok = true // a rejected invite
 		default:

@@ -38,6 +38,7 @@ type Config struct {
 	KeyID              gomatrixserverlib.KeyID
 	PrivateKey         ed25519.PrivateKey
 	DefaultRoomVersion string // "11" when empty
+	Remote             Remote // federation for remote joins, invites and leaves; nil: local rooms only
 }
 
 // Service is the room server. It is safe for concurrent use.

@@ -681,20 +681,21 @@ func TestInputEvent(t *testing.T) {
 		}
 		base := []gomatrixserverlib.StateKeyTuple{{EventType: spec.MRoomCreate}, {EventType: spec.MRoomPowerLevels}}
 		msg := build("m.room.message", nil, map[string]string{"body": "not joined"}, append(base, gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomMember, StateKey: remote})...)
-		_, err := s.inputEvent(ctx, msg)
+		_, err := s.InputEvent(ctx, msg, InputOptions{})
 		checkMatrixError(t, err, 403, matrix.CodeForbidden)
 
 		join := build(spec.MRoomMember, ptr(remote), map[string]string{"membership": "join"},
 			append(base, gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomJoinRules})...)
-		pos, err := s.inputEvent(ctx, join)
+		res, err := s.InputEvent(ctx, join, InputOptions{})
+		pos := res.Pos
 		testkit.Must(t, err, "inputting remote join")
 		if pos != stream.Pos() {
 			t.Errorf("join at %d; stream at %d", pos, stream.Pos())
 		}
-		again, err := s.inputEvent(ctx, join)
+		again, err := s.InputEvent(ctx, join, InputOptions{})
 		testkit.Must(t, err, "inputting the join again")
-		if again != pos {
-			t.Errorf("repeated input at %d; want %d", again, pos)
+		if again.Pos != pos {
+			t.Errorf("repeated input at %d; want %d", again.Pos, pos)
 		}
 		m, _, err := s.Membership(ctx, room, remote)
 		testkit.Must(t, err, "membership")
@@ -702,9 +703,9 @@ func TestInputEvent(t *testing.T) {
 			t.Errorf("remote membership = %q; want join", m)
 		}
 		// A stale event (built before the join) would fork the DAG.
-		_, err = s.inputEvent(ctx, msg)
-		if matrix.AsError(err) == nil && !errors.Is(err, errNeedsStateResolution) {
-			t.Errorf("stale event: got %v; want 403 or errNeedsStateResolution", err)
+		_, err = s.InputEvent(ctx, msg, InputOptions{})
+		if !errors.Is(err, ErrRejected) {
+			t.Errorf("stale event: got %v; want a rejection", err)
 		}
 		// Local sends continue on top of the remote event.
 		id := send(t, s, message(room, alice, "welcome"))

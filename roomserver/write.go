@@ -170,6 +170,9 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 	if r.Type == spec.MRoomCreate {
 		return "", matrix.BadJSON("m.room.create can only be sent when creating a room")
 	}
+	if id, handled, err := s.remoteMembership(ctx, r); handled {
+		return id, err
+	}
 	ri, err := s.roomInfo(ctx, r.RoomID)
 	if err != nil {
 		return "", err

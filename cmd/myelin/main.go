@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -22,10 +21,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/sirupsen/logrus"
 
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/federationapi"
+	"github.com/myelin-chat/myelin/federationapi/fedclient"
+	"github.com/myelin-chat/myelin/federationapi/sender"
 	"github.com/myelin-chat/myelin/internal/bus"
 	"github.com/myelin-chat/myelin/internal/config"
 	"github.com/myelin-chat/myelin/internal/httpx"
@@ -97,34 +97,16 @@ func loadConfig(f flags) (*config.Config, error) {
 	return cfg, nil
 }
 
-func newLogger(cfg *config.Config) *slog.Logger {
-	level := slog.LevelInfo
-	if len(cfg.Logging) > 0 {
-		switch strings.ToLower(cfg.Logging[0].Level) {
-		case "trace", "debug":
-			level = slog.LevelDebug
-		case "warn":
-			level = slog.LevelWarn
-		case "error":
-			level = slog.LevelError
-		}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	// gomatrixserverlib logs through logrus; keep only its warnings and errors.
-	logrus.SetOutput(os.Stderr)
-	logrus.SetLevel(logrus.WarnLevel)
-	if level == slog.LevelDebug {
-		logrus.SetLevel(logrus.DebugLevel)
-	}
-	return log
-}
-
 func run(f flags) error {
 	cfg, err := loadConfig(f)
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg)
+	log, logFiles, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	defer logFiles.Close()
 	if err := os.MkdirAll(cfg.Myelin.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data folder: %w", err)
 	}
@@ -147,6 +129,18 @@ func run(f flags) error {
 	}
 	defer db.Close()
 
+	fedc, err := fedclient.New(fedclient.Config{
+		ServerName: cfg.Global.ServerName, Key: key, OldKeys: cfg.Global.OldPrivateKeys,
+		KeyValidityPeriod:    cfg.Global.KeyValidityPeriod,
+		DisableTLSValidation: cfg.FederationAPI.DisableTLSValidation, DisableKeepAlives: cfg.FederationAPI.DisableHTTPKeepalives,
+		AllowNetworks: cfg.FederationAPI.AllowNetworks, DenyNetworks: cfg.FederationAPI.DenyNetworks,
+		KeyPerspectives: cfg.FederationAPI.KeyPerspectives, PreferDirectFetch: cfg.FederationAPI.PreferDirectFetch,
+		UserAgent: "Myelin/" + clientapi.Version,
+	}, db, log.With("component", "fedclient"))
+	if err != nil {
+		return err
+	}
+
 	roomEvents, accountData := bus.NewStream(0), bus.NewStream(0)
 	users, err := userapi.New(userapi.Config{
 		ServerName:          cfg.Global.ServerName,
@@ -162,6 +156,8 @@ func run(f flags) error {
 		KeyID:              gmslKeyID(key.ID),
 		PrivateKey:         key.Private,
 		DefaultRoomVersion: cfg.RoomServer.DefaultRoomVersion,
+		Remote: sender.NewRemote(sender.RemoteConfig{ServerName: cfg.Global.ServerName, KeyID: gmslKeyID(key.ID), PrivateKey: key.Private},
+			fedc.Federation(), fedc.KeyRing()),
 	}, db, roomEvents, log.With("component", "roomserver"))
 	if err != nil {
 		return err
@@ -175,9 +171,27 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
-	fed := federationapi.New(federationapi.Config{
+	fedCfg := federationapi.Config{
 		ServerName: cfg.Global.ServerName, Key: key, KeyValidityPeriod: cfg.Global.KeyValidityPeriod, Version: clientapi.Version,
+	}
+	fed := federationapi.New(fedCfg, fedc)
+	inbound, err := federationapi.NewInbound(fedCfg, federationapi.Deps{
+		DB: db, KeyRing: fedc.KeyRing(), Rooms: rooms, Users: users, EDUs: syncer, Remote: fedc.Federation(),
+		Log: log.With("component", "federationapi"),
 	})
+	if err != nil {
+		return err
+	}
+
+	outbound, err := sender.New(sender.Config{ServerName: cfg.Global.ServerName}, db, rooms, fedc.Federation(), roomEvents,
+		syncer, log.With("component", "sender"))
+	if err != nil {
+		return err
+	}
+	if err := outbound.Start(ctx); err != nil {
+		return err
+	}
+	defer outbound.Close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -195,6 +209,7 @@ func run(f flags) error {
 	client.Register(router)
 	syncer.Register(router)
 	fed.Register(router)
+	inbound.Register(router)
 	mediaapi.Register(router)
 	handler := httpx.CORS(router)
 
@@ -215,17 +230,19 @@ func run(f flags) error {
 		go func() { errc <- srv.Serve(ln) }()
 		return nil
 	}
-	if cfg.Myelin.Listen != "" {
-		if err := serve(cfg.Myelin.Listen, nil); err != nil {
-			return err
-		}
-	}
+	// HTTPS first: a readiness probe on the plain listener (Complement's) then implies that
+	// the federation port is up too.
 	tlsCfg, tlsAddr, err := tlsSetup(cfg, f)
 	if err != nil {
 		return err
 	}
 	if tlsCfg != nil {
 		if err := serve(tlsAddr, tlsCfg); err != nil {
+			return err
+		}
+	}
+	if cfg.Myelin.Listen != "" {
+		if err := serve(cfg.Myelin.Listen, nil); err != nil {
 			return err
 		}
 	}
