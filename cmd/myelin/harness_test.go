@@ -92,6 +92,14 @@ type serverOpts struct {
 	accessTokenLifetime  string // myelin.access_token_lifetime, such as "2s"
 	metrics              bool
 	privateKey           string // global.private_key; "" for <data_dir>/matrix_key.pem
+
+	// For federation tests: a server name of our own, an HTTPS listener with a certificate,
+	// outbound requests allowed to loopback, and extra environment (SSL_CERT_FILE).
+	serverName           string
+	listenTLS            string
+	tlsCert, tlsKey      string
+	federateOverLoopback bool
+	extraEnv             []string
 }
 
 // server is a myelin subprocess and the data it keeps across restarts.
@@ -101,6 +109,8 @@ type server struct {
 	conn    string // the database connection string
 	config  string // path of the dendrite.yaml
 	url     string // http://127.0.0.1:port
+
+	extraEnv []string // added to env() for every run
 
 	mu     sync.Mutex
 	output bytes.Buffer // stdout and stderr of every run so far
@@ -113,7 +123,7 @@ type server struct {
 // its output is logged if t failed.
 func startServer(t *testing.T, b testkit.Backend, opts serverOpts) *server {
 	t.Helper()
-	s := &server{backend: b.Name, dir: t.TempDir()}
+	s := &server{backend: b.Name, dir: t.TempDir(), extraEnv: opts.extraEnv}
 	if b.Name == "sqlite" {
 		s.conn = "file:" + filepath.Join(s.dir, "myelin.db")
 	} else {
@@ -143,7 +153,11 @@ func startServer(t *testing.T, b testkit.Backend, opts serverOpts) *server {
 func (s *server) yaml(o serverOpts) string {
 	q := func(v string) string { b, _ := json.Marshal(v); return string(b) }
 	var y strings.Builder
-	fmt.Fprintf(&y, "version: 2\nglobal:\n  server_name: %s\n", serverName)
+	name := serverName
+	if o.serverName != "" {
+		name = o.serverName
+	}
+	fmt.Fprintf(&y, "version: 2\nglobal:\n  server_name: %s\n", q(name))
 	if o.privateKey != "" {
 		fmt.Fprintf(&y, "  private_key: %s\n", q(o.privateKey))
 	}
@@ -164,7 +178,13 @@ func (s *server) yaml(o serverOpts) string {
 	}
 	fmt.Fprintf(&y, "user_api:\n  bcrypt_cost: 4\n")
 	fmt.Fprintf(&y, "logging:\n  - type: std\n    level: debug\n")
+	if o.federateOverLoopback {
+		fmt.Fprintf(&y, "federation_api:\n  deny_networks: []\n  allow_networks: [\"0.0.0.0/0\", \"::/0\"]\n")
+	}
 	fmt.Fprintf(&y, "myelin:\n  data_dir: %s\n  listen: 127.0.0.1:0\n", q(s.dir))
+	if o.listenTLS != "" {
+		fmt.Fprintf(&y, "  listen_tls: %s\n  tls_cert: %s\n  tls_key: %s\n", q(o.listenTLS), q(o.tlsCert), q(o.tlsKey))
+	}
 	if o.maxRequestBytes > 0 {
 		fmt.Fprintf(&y, "  max_request_bytes: %d\n", o.maxRequestBytes)
 	}
@@ -208,7 +228,7 @@ func (s *server) start(t testing.TB) {
 		s.mu.Unlock()
 		cmd := exec.Command(bin, "--config", s.config, "--http-bind-address", addr)
 		cmd.Dir = s.dir
-		cmd.Env = env()
+		cmd.Env = append(env(), s.extraEnv...)
 		w := &lockedWriter{mu: &s.mu, w: &s.output}
 		cmd.Stdout, cmd.Stderr = w, w
 		if err := cmd.Start(); err != nil {
