@@ -1,0 +1,132 @@
+// Command largejoin measures a join to a large remote room: it starts two Myelin servers that
+// federate over TLS on loopback, fills a room on the second with N members, has a user of the
+// first join it, and reports the join's time and the first server's resident memory before and
+// at its peak.
+//
+//	go run ./bench/largejoin -members 10000
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/myelin-chat/myelin/bench/internal/benchserver"
+)
+
+func main() {
+	members := flag.Int("members", 10000, "members of the remote room before the join")
+	parallel := flag.Int("parallel", 4, "concurrent registrations and joins while filling the room (not measured)")
+	flag.Parse()
+	if err := run(*members, *parallel); err != nil {
+		fmt.Fprintln(os.Stderr, "largejoin:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n, parallel int) error {
+	dir, err := os.MkdirTemp("", "myelin-largejoin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin, err := benchserver.Build(dir)
+	if err != nil {
+		return err
+	}
+	ca, err := benchserver.NewCA(dir)
+	if err != nil {
+		return err
+	}
+	var srv [2]*benchserver.Server
+	for i := range srv {
+		d := filepath.Join(dir, fmt.Sprint("hs", i+1))
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+		if srv[i], err = benchserver.Start(bin, benchserver.Options{Dir: d, Federation: ca}); err != nil {
+			return err
+		}
+		defer srv[i].Stop()
+	}
+	local, remote := srv[0], srv[1]
+	hc := &http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+	owner, err := benchserver.Register(hc, remote.URL, "owner")
+	if err != nil {
+		return err
+	}
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if err := owner.Do("POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}, &room); err != nil {
+		return err
+	}
+	fmt.Printf("filling %s on %s with %d members…\n", room.RoomID, remote.Name, n)
+	users, err := benchserver.RegisterMany(hc, remote.URL, "member", n, parallel)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	joinPath := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID) + "/join"
+	errc := make(chan error, parallel)
+	next := make(chan *benchserver.Client)
+	for range parallel {
+		go func() {
+			for c := range next {
+				if err := c.Do("POST", joinPath, map[string]any{}, nil); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for _, c := range users {
+		next <- c
+	}
+	close(next)
+	for range parallel {
+		if err := <-errc; err != nil {
+			return fmt.Errorf("filling the room: %w", err)
+		}
+	}
+	fmt.Printf("filled in %v\n", time.Since(start).Round(time.Millisecond))
+
+	joiner, err := benchserver.Register(hc, local.URL, "joiner")
+	if err != nil {
+		return err
+	}
+	rssBefore, _, err := local.Memory()
+	if err != nil {
+		return err
+	}
+	start = time.Now()
+	if err := joiner.Do("POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(remote.Name), map[string]any{}, nil); err != nil {
+		return fmt.Errorf("remote join: %w", err)
+	}
+	took := time.Since(start)
+	rssAfter, peak, err := local.Memory()
+	if err != nil {
+		return err
+	}
+	var members struct {
+		Chunk []json.RawMessage `json:"chunk"`
+	}
+	if err := joiner.Do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/members", nil, &members); err != nil {
+		return err
+	}
+	fmt.Printf("remote join of a %d-member room: %v\njoining server RSS: %.1f MiB before, %.1f MiB after, peak %.1f MiB\nmembers seen by the joiner's server: %d\n",
+		n+1, took.Round(time.Millisecond), mib(rssBefore), mib(rssAfter), mib(peak), len(members.Chunk))
+	if len(members.Chunk) != n+2 {
+		return fmt.Errorf("the joining server lists %d members; want %d", len(members.Chunk), n+2)
+	}
+	return nil
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
