@@ -55,4 +55,5 @@ func (s *Service) Register(r *mux.Router) {
 	s.registerRooms(c)
 	s.registerRoomReads(c)
 	s.registerDirectory(c)
+	s.registerHierarchy(c)
 }

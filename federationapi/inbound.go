@@ -165,6 +165,7 @@ func (in *Inbound) Register(r *mux.Router) {
 	r.Handle(f+"/v1/query/profile", a(in.queryProfile)).Methods(get)
 	r.Handle(f+"/v1/query/directory", a(in.queryDirectory)).Methods(get)
 	r.Handle(f+"/v1/publicRooms", a(in.publicRooms)).Methods(get, post)
+	r.Handle(f+"/v1/hierarchy/{roomID}", a(in.hierarchy)).Methods(get)
 	r.Handle(f+"/v1/user/devices/{userID}", a(in.userDevices)).Methods(get)
 	r.Handle(f+"/v1/user/keys/query", a(in.keysQuery)).Methods(post)
 	r.Handle(f+"/v1/user/keys/claim", a(in.keysClaim)).Methods(post)
