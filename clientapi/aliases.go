@@ -113,9 +113,19 @@ func (s *Service) getAlias(w http.ResponseWriter, r *http.Request) error {
 }
 
 // lookupAlias resolves alias to its room and the servers of the room's joined members, this
-// server first. It returns 400 M_INVALID_PARAM for a malformed alias and 404 M_NOT_FOUND for
-// an unknown one (another server's alias included, until federation can ask it).
+// server first; another server's alias is asked of that server. It returns 400
+// M_INVALID_PARAM for a malformed alias and 404 M_NOT_FOUND for an unknown one.
 func (s *Service) lookupAlias(ctx context.Context, alias string) (*aliasResponse, error) {
+	if server, err := parseAlias(alias); err == nil && server != s.global.ServerName {
+		roomID, servers, err := s.rooms.RemoteAlias(ctx, alias)
+		if err != nil {
+			return nil, err
+		}
+		if servers == nil {
+			servers = []string{}
+		}
+		return &aliasResponse{RoomID: roomID, Servers: servers}, nil
+	}
 	roomID, err := s.resolveAlias(ctx, alias)
 	if err != nil {
 		return nil, err

@@ -35,6 +35,7 @@ type Service struct {
 	regLimit *ratelimit.Limiter
 	logLimit *ratelimit.Limiter
 	exempt   map[string]bool
+	profiles RemoteProfiles // nil: remote profiles are not fetched
 }
 
 // New returns the client API over users and rooms.

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,14 +13,37 @@ import (
 	"github.com/myelin-chat/myelin/userapi"
 )
 
-// profileOf returns the profile of a local user; remote profiles arrive with federation.
+// RemoteProfiles asks other servers for their users' profiles over federation.
+type RemoteProfiles interface {
+	// Profile returns userID's display name and avatar URL from userID's server; a Matrix
+	// error of that server is returned as a *matrix.Error.
+	Profile(ctx context.Context, userID string) (displayName, avatarURL string, err error)
+}
+
+// SetRemoteProfiles makes profile reads of remote users ask their servers through p. Without
+// it they answer 404.
+func (s *Service) SetRemoteProfiles(p RemoteProfiles) { s.profiles = p }
+
+// profileOf returns userID's profile: from the user API for a local user, else from the
+// user's server over federation.
 func (s *Service) profileOf(r *http.Request) (*userapi.Profile, error) {
 	userID := httpx.Var(r, "userID")
 	if _, _, err := matrix.SplitID('@', userID); err != nil {
 		return nil, matrix.InvalidParam("%q is not a user ID", userID)
 	}
 	if _, local := s.users.LocalUser(userID); !local {
-		return nil, matrix.NotFound("profile of a remote user is not available")
+		if s.profiles == nil {
+			return nil, matrix.NotFound("profile of a remote user is not available")
+		}
+		name, avatar, err := s.profiles.Profile(r.Context(), userID)
+		if err != nil {
+			if me := matrix.AsError(err); me != nil {
+				return nil, me
+			}
+			s.log.Info("remote profile query failed", "user_id", userID, "error", err)
+			return nil, matrix.Errorf(http.StatusBadGateway, matrix.CodeUnknown, "failed to fetch the profile of %s", userID)
+		}
+		return &userapi.Profile{DisplayName: name, AvatarURL: avatar}, nil
 	}
 	p, err := s.users.Profile(r.Context(), userID)
 	if errors.Is(err, userapi.ErrNoSuchUser) {

@@ -161,6 +161,7 @@ func (in *Inbound) Register(r *mux.Router) {
 	r.Handle(f+"/v1/event_auth/{roomID}/{eventID}", a(in.eventAuth)).Methods(get)
 	r.Handle(f+"/v1/backfill/{roomID}", a(in.backfill)).Methods(get)
 	r.Handle(f+"/v1/get_missing_events/{roomID}", a(in.getMissingEvents)).Methods(post)
+	r.Handle(f+"/v1/timestamp_to_event/{roomID}", a(in.timestampToEvent)).Methods(get)
 
 	r.Handle(f+"/v1/query/profile", a(in.queryProfile)).Methods(get)
 	r.Handle(f+"/v1/query/directory", a(in.queryDirectory)).Methods(get)

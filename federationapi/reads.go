@@ -11,10 +11,11 @@ import (
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
+	"github.com/myelin-chat/myelin/roomserver"
 )
 
 // This file serves the reads of room history: /state, /state_ids, /event, /event_auth,
-// /backfill and /get_missing_events.
+// /backfill, /get_missing_events and /timestamp_to_event.
 
 // maxBackfill bounds the events one /backfill or /get_missing_events answer holds.
 const maxBackfill = 100
@@ -161,4 +162,38 @@ func (in *Inbound) getMissingEvents(w http.ResponseWriter, r *http.Request, req 
 		return err
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"events": fedJSONs(evs)})
+}
+
+// timestampRooms is the roomserver's lookup of an event by timestamp.
+type timestampRooms interface {
+	EventNearTimestamp(ctx context.Context, roomID string, ts int64, backward bool) (*roomserver.Event, error)
+}
+
+// timestampToEvent serves GET /v1/timestamp_to_event/{roomId}: the event of the room nearest ts
+// in the direction dir (b or f), for a server in the room.
+func (in *Inbound) timestampToEvent(w http.ResponseWriter, r *http.Request, req *fedRequest) error {
+	roomID := httpx.Var(r, "roomID")
+	q := r.URL.Query()
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil {
+		return matrix.InvalidParam("ts must be an integer")
+	}
+	dir := q.Get("dir")
+	if dir != "b" && dir != "f" {
+		return matrix.InvalidParam("dir must be b or f")
+	}
+	tr, ok := in.rooms.(timestampRooms)
+	if !ok {
+		return matrix.Unrecognized(http.StatusNotFound)
+	}
+	if err := in.checkRoomReader(r.Context(), roomID, req.origin); err != nil {
+		return err
+	}
+	ev, err := tr.EventNearTimestamp(r.Context(), roomID, ts, dir == "b")
+	if err != nil {
+		return err
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
+		"event_id": ev.PDU.EventID(), "origin_server_ts": ev.PDU.OriginServerTS(),
+	})
 }

@@ -182,7 +182,7 @@ func (in *Inbound) processPDU(ctx context.Context, origin spec.ServerName, ev go
 		return err
 	}
 	opts := roomserver.InputOptions{}
-	var authTried, prevTried bool
+	var authTried, prevTried, oobTried bool
 	for {
 		res, err := in.rooms.InputEvent(ctx, ev, opts)
 		var me *roomserver.MissingEventsError
@@ -191,6 +191,12 @@ func (in *Inbound) processPDU(ctx context.Context, origin spec.ServerName, ev go
 				return nil // accepted, but not applied: the sender is not told
 			}
 			return err
+		}
+		if pushed && !oobTried {
+			oobTried = true
+			if handled, oerr := in.outOfBandMembership(ctx, ev); handled || oerr != nil {
+				return oerr
+			}
 		}
 		switch {
 		case me.Auth && !authTried:
@@ -218,6 +224,36 @@ func (in *Inbound) processPDU(ctx context.Context, origin spec.ServerName, ev go
 			return err
 		}
 	}
+}
+
+// outOfBandMembership stores ev out of band when it rescinds the invite of one of our users
+// to a room this server is not in: the room's history cannot be fetched, yet the invitee must
+// see the invite go. As Synapse, only the inviter may rescind this way. It reports whether ev
+// was handled that way.
+func (in *Inbound) outOfBandMembership(ctx context.Context, ev gomatrixserverlib.PDU) (bool, error) {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return false, nil
+	}
+	if m, _ := ev.Membership(); m != spec.Leave {
+		return false, nil
+	}
+	_, domain, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
+	if err != nil || string(domain) != in.cfg.ServerName {
+		return false, nil
+	}
+	roomID := ev.RoomID().String()
+	joined, err := in.rooms.ServerInRoom(ctx, roomID, in.cfg.ServerName)
+	if err != nil || joined {
+		return false, err
+	}
+	m, invite, err := in.rooms.Membership(ctx, roomID, *ev.StateKey())
+	if err != nil || m != spec.Invite || invite == nil || invite.PDU.SenderID() != ev.SenderID() {
+		return false, err
+	}
+	if _, err := in.rooms.StoreOutOfBandMembership(ctx, ev, nil); err != nil {
+		return true, fmt.Errorf("storing out-of-band membership %s: %w", ev.EventID(), err)
+	}
+	return true, nil
 }
 
 // fetchAuthEvents fetches ev's auth chain from origin (/event_auth, else the missing events

@@ -192,6 +192,9 @@ func (s *Service) inputTx(ctx context.Context, tx *sqldb.Tx, ri roomInfo, ev gom
 		if before, err = stateFromIDs(ctx, tx, opts.StateBefore); err != nil {
 			return InputResult{}, nil, err
 		}
+		// The given state (a resident server's, for a join through it) supersedes what
+		// this server last saw of the room: ev becomes its only forward extremity.
+		removeExt = append(removeExt, room.extremities...)
 	} else {
 		prevIDs := ev.PrevEventIDs()
 		if ev.Type() == spec.MRoomCreate {
@@ -294,8 +297,8 @@ func (s *Service) inputTx(ctx context.Context, tx *sqldb.Tx, ri roomInfo, ev gom
 		return InputResult{}, &rejectedEvent{err: fmt.Errorf("%w: %w", ErrRejected, err), stateAfter: beforeNID, snapshot: before}, nil
 	}
 
-	// Soft-fail: auth against the current state.
-	if !extendsTip {
+	// Soft-fail: auth against the current state, unless the state before ev was given.
+	if !extendsTip && opts.StateBefore == nil {
 		cur, err := currentStateEvents(ctx, tx, room.nid, needed.Tuples())
 		if err != nil {
 			return InputResult{}, nil, fmt.Errorf("loading current auth state: %w", err)
@@ -307,8 +310,9 @@ func (s *Service) inputTx(ctx context.Context, tx *sqldb.Tx, ri roomInfo, ev gom
 		if room.stateNID != 0 {
 			if err := allowed(ev, curAuth); err != nil {
 				if beforeNID == 0 {
-					if beforeNID, err = writeSnapshot(ctx, tx, room.nid, before); err != nil {
-						return InputResult{}, nil, err
+					var werr error
+					if beforeNID, werr = writeSnapshot(ctx, tx, room.nid, before); werr != nil {
+						return InputResult{}, nil, werr
 					}
 				}
 				// Events built on a soft-failed event see the state before it: it is not in
@@ -402,7 +406,7 @@ func (s *Service) checkOwnAuthEvents(ctx context.Context, tx *sqldb.Tx, room *ro
 		return &MissingEventsError{Auth: true, IDs: missing}
 	}
 	seen := map[gomatrixserverlib.StateKeyTuple]bool{}
-	own := make([]gomatrixserverlib.PDU, 0, len(authEvs))
+	own := make([]gomatrixserverlib.PDU, 0, len(authEvs)+1)
 	for _, a := range authEvs {
 		p := a.PDU
 		if p.StateKey() == nil || p.RoomID().String() != ev.RoomID().String() {
@@ -419,6 +423,19 @@ func (s *Service) checkOwnAuthEvents(ctx context.Context, tx *sqldb.Tx, room *ro
 		}
 		seen[t] = true
 		own = append(own, p)
+	}
+	// From v12 (MSC4291) the create event is implied by the room ID rather than listed (a
+	// listing is tolerated, as other servers do).
+	if room.version.DomainlessRoomIDs() && !seen[gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomCreate}] {
+		createID := "$" + strings.TrimPrefix(ev.RoomID().String(), "!")
+		creates, err := eventsByID(ctx, tx, []string{createID})
+		if err != nil {
+			return fmt.Errorf("loading the create event of %s: %w", eventID, err)
+		}
+		if len(creates) == 0 {
+			return &MissingEventsError{Auth: true, IDs: []string{createID}}
+		}
+		own = append(own, creates[0].PDU)
 	}
 	// Only the auth events the rules would select may be listed.
 	needed := gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev})
@@ -994,7 +1011,7 @@ func (s *Service) persistForked(ctx context.Context, tx *sqldb.Tx, room *roomRow
 	}
 	var js []byte
 	if sk != nil {
-		if js, err = s.servedJSON(ctx, tx, room, ev); err != nil {
+		if js, err = s.servedJSON(ctx, tx, room, ev, before); err != nil {
 			return 0, err
 		}
 	}
@@ -1114,6 +1131,9 @@ func applyCurrentState(ctx context.Context, tx *sqldb.Tx, roomNID int64, cur, ne
 	return nil
 }
 
+// errStateResPanicked marks a panic inside gmsl's state resolution.
+var errStateResPanicked = errors.New("state resolution panicked")
+
 // resolve runs state resolution over two or more states of a room. The auth chains of their
 // events are loaded from the database. An empty result or one without a create event is an
 // error (gmsl returns that silently when the create event is missing).
@@ -1140,31 +1160,41 @@ func (s *Service) resolve(ctx context.Context, q querier, ver gomatrixserverlib.
 	if err != nil {
 		return nil, err
 	}
-	func() {
+	// gmsl's v2.1 walk looks up the state events themselves (the conflicted subgraph's
+	// paths start at them) in the map it builds from this list: give it them too.
+	inChain := make(map[string]bool, len(chain))
+	for _, p := range chain {
+		inChain[p.EventID()] = true
+	}
+	for _, p := range all {
+		if !inChain[p.EventID()] {
+			inChain[p.EventID()] = true
+			chain = append(chain, p)
+		}
+	}
+	notRejected := func(string) bool { return false }
+	resolved, err := func() (resolved []gomatrixserverlib.PDU, err error) {
 		defer func() {
 			if rec := recover(); rec != nil {
-				err = fmt.Errorf("state resolution panicked: %v", rec)
+				err = fmt.Errorf("%w: %v", errStateResPanicked, rec)
 			}
 		}()
-		var resolved []gomatrixserverlib.PDU
-		resolved, err = gomatrixserverlib.ResolveConflictsNew(ver.Version(), pduSets, chain, userIDForSender,
-			func(string) bool { return false })
-		if err != nil {
-			return
-		}
-		out = stateSet{}
-		for _, p := range resolved {
-			if p.StateKey() == nil {
-				continue
-			}
-			nid, ok := nids[p.EventID()]
-			if !ok {
-				err = fmt.Errorf("state resolution returned %s, which is in no input state", p.EventID())
-				return
-			}
-			out[gomatrixserverlib.StateKeyTuple{EventType: p.Type(), StateKey: *p.StateKey()}] = stateEntry{nid: nid, pdu: p}
-		}
+		return gomatrixserverlib.ResolveConflictsNew(ver.Version(), pduSets, chain, userIDForSender, notRejected)
 	}()
+	if err != nil {
+		return nil, err
+	}
+	out = stateSet{}
+	for _, p := range resolved {
+		if p.StateKey() == nil {
+			continue
+		}
+		nid, ok := nids[p.EventID()]
+		if !ok {
+			return nil, fmt.Errorf("state resolution returned %s, which is in no input state", p.EventID())
+		}
+		out[gomatrixserverlib.StateKeyTuple{EventType: p.Type(), StateKey: *p.StateKey()}] = stateEntry{nid: nid, pdu: p}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -80,10 +80,12 @@ func (s *Service) prepareMember(ctx context.Context, tx *sqldb.Tx, room *roomRow
 					if err != nil {
 						return nil, err
 					}
-					if via != "" {
-						c[authorisingUserKey], _ = json.Marshal(via)
-						supplied = true
+					if via == "" {
+						return nil, fmt.Errorf("%w: %w", errNoLocalAuthoriser,
+							matrix.Forbidden("no user of this server may authorise the join of %s", sender))
 					}
+					c[authorisingUserKey], _ = json.Marshal(via)
+					supplied = true
 				}
 			}
 		}
@@ -108,6 +110,10 @@ func (s *Service) prepareMember(ctx context.Context, tx *sqldb.Tx, room *roomRow
 	}
 	return content, nil
 }
+
+// errNoLocalAuthoriser marks a restricted join the user may make (they are in an allowed
+// room) that no local member can authorise: JoinRoom then joins through another server.
+var errNoLocalAuthoriser = errors.New("no local user can authorise the join")
 
 // currentMembership returns userID's current membership of the room, or "".
 func currentMembership(ctx context.Context, q querier, roomNID int64, userID string) (string, error) {
@@ -265,8 +271,10 @@ func sameState(ctx context.Context, q querier, roomNID int64, sender, evType, st
 // replaces_state when it replaces state, and for an invite or a knock the stripped state of
 // the room (invite_room_state / knock_room_state: the full create event, as MSC4311 asks,
 // the join rules, name, avatar, canonical alias, encryption, topic and the sender's
-// membership). It returns nil when there is nothing to add.
-func (s *Service) servedJSON(ctx context.Context, tx *sqldb.Tx, room *roomRow, ev gomatrixserverlib.PDU) ([]byte, error) {
+// membership). The state replaced is before, the state before ev, when given (an event
+// input over federation, whose prev_events may not be the room's current state), else the
+// room's current state. It returns nil when there is nothing to add.
+func (s *Service) servedJSON(ctx context.Context, tx *sqldb.Tx, room *roomRow, ev gomatrixserverlib.PDU, before stateSet) ([]byte, error) {
 	self := gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *ev.StateKey()}
 	tuples := []gomatrixserverlib.StateKeyTuple{self}
 	strippedKey := ""
@@ -288,9 +296,18 @@ func (s *Service) servedJSON(ctx context.Context, tx *sqldb.Tx, room *roomRow, e
 			tuples = append(tuples, sender)
 		}
 	}
-	evs, err := currentStateEvents(ctx, tx, room.nid, tuples)
-	if err != nil {
-		return nil, fmt.Errorf("loading state replaced by %s: %w", ev.EventID(), err)
+	var evs []gomatrixserverlib.PDU
+	if before != nil {
+		evs = before.pick(tuples)
+	} else {
+		cur, err := currentStateEvents(ctx, tx, room.nid, tuples)
+		if err != nil {
+			return nil, fmt.Errorf("loading state replaced by %s: %w", ev.EventID(), err)
+		}
+		evs = make([]gomatrixserverlib.PDU, len(cur))
+		for i, e := range cur {
+			evs[i] = e.PDU
+		}
 	}
 	unsigned := map[string]any{}
 	if u := ev.Unsigned(); len(u) > 2 {
@@ -298,8 +315,7 @@ func (s *Service) servedJSON(ctx context.Context, tx *sqldb.Tx, room *roomRow, e
 		delete(unsigned, "age")
 	}
 	var stripped []json.RawMessage // the create event first
-	for _, e := range evs {
-		p := e.PDU
+	for _, p := range evs {
 		t := gomatrixserverlib.StateKeyTuple{EventType: p.Type(), StateKey: *p.StateKey()}
 		switch {
 		case t == self:

@@ -182,7 +182,7 @@ func (s *Service) RoomEventsBefore(ctx context.Context, roomID string, before in
 		return nil, err
 	}
 	evs, err := queryEvents(ctx, s.db, `SELECT `+eventCols+eventFrom+`
-		WHERE e.room_nid = $1 AND e.stream_pos > 0 AND e.stream_pos < $2
+		WHERE e.room_nid = $1 AND e.stream_pos <> 0 AND e.stream_pos < $2
 		ORDER BY e.stream_pos DESC LIMIT $3`, ri.nid, before, max(limit, 0))
 	if err != nil {
 		return nil, fmt.Errorf("loading events of %s: %w", roomID, err)
@@ -198,8 +198,8 @@ func (s *Service) RoomEventsAfter(ctx context.Context, roomID string, after int6
 		return nil, err
 	}
 	evs, err := queryEvents(ctx, s.db, `SELECT `+eventCols+eventFrom+`
-		WHERE e.room_nid = $1 AND e.stream_pos > $2
-		ORDER BY e.stream_pos ASC LIMIT $3`, ri.nid, max(after, 0), max(limit, 0))
+		WHERE e.room_nid = $1 AND e.stream_pos > $2 AND e.stream_pos <> 0
+		ORDER BY e.stream_pos ASC LIMIT $3`, ri.nid, after, max(limit, 0))
 	if err != nil {
 		return nil, fmt.Errorf("loading events of %s: %w", roomID, err)
 	}

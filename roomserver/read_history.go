@@ -301,8 +301,8 @@ func (s *Service) VisibleEvents(ctx context.Context, userID string, evs []*Event
 		switch {
 		case own && (e.StreamPos == 0 || !stored || sn.before == 0):
 			ok = true // our own membership outside the room's DAG, such as an invite over federation
-		case own && memAfter == spec.Leave && memBefore == spec.Invite:
-			ok = true // a rejected invite
+		case own && memAfter == spec.Leave && (memBefore == spec.Invite || memBefore == spec.Knock):
+			ok = true // a rejected or rescinded invite or knock
 		default:
 			for _, c := range [][2]string{{hvBefore, memBefore}, {hvAfter, memBefore}, {hvBefore, memAfter}, {hvAfter, memAfter}} {
 				if ok, err = allowed(c[0], c[1]); err != nil {
@@ -552,7 +552,7 @@ func (s *Service) EventNearTimestamp(ctx context.Context, roomID string, ts int6
 		return nil, err
 	}
 	rows, err := s.db.Query(ctx, `SELECT event_id, stream_pos, event_json FROM events
-		WHERE room_nid = $1 AND stream_pos > 0 ORDER BY stream_pos ASC`, ri.nid)
+		WHERE room_nid = $1 AND stream_pos <> 0 ORDER BY stream_pos ASC`, ri.nid)
 	if err != nil {
 		return nil, fmt.Errorf("scanning timestamps of %s: %w", roomID, err)
 	}

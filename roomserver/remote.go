@@ -32,7 +32,8 @@ type Remote interface {
 	Join(ctx context.Context, server, roomID, userID string, content map[string]any) (*RemoteJoin, error)
 	// Invite sends the invite ev to the invitee's server with the room's stripped state and
 	// returns the event as that server signed it.
-	Invite(ctx context.Context, ev gomatrixserverlib.PDU, strippedState []gomatrixserverlib.InviteStrippedState) (gomatrixserverlib.PDU, error)
+	// The stripped state holds the full create event (MSC4311) and stripped events.
+	Invite(ctx context.Context, ev gomatrixserverlib.PDU, strippedState []json.RawMessage) (gomatrixserverlib.PDU, error)
 	// Leave makes userID leave roomID through server (make_leave, then send_leave) and
 	// returns the leave event it sent.
 	Leave(ctx context.Context, server, roomID, userID string, content map[string]any) (gomatrixserverlib.PDU, error)
@@ -83,7 +84,17 @@ func (s *Service) JoinRoom(ctx context.Context, r MembershipRequest) (string, er
 		return "", err
 	}
 	if in || s.cfg.Remote == nil {
-		return local()
+		id, err := local()
+		if !in || s.cfg.Remote == nil || !errors.Is(err, errNoLocalAuthoriser) {
+			return id, err
+		}
+		// A restricted join no local member can authorise: through the other servers in
+		// the room, as Synapse.
+		others, serr := s.ServersInRoom(ctx, r.RoomID)
+		if serr != nil {
+			return "", serr
+		}
+		r.Via = append(slices.Clone(r.Via), others...)
 	}
 	servers, err := s.remoteServers(ctx, r.RoomID, r.UserID, r.Via)
 	if err != nil {
@@ -177,7 +188,8 @@ func (s *Service) KnockRoom(ctx context.Context, r MembershipRequest) (string, e
 
 // remoteServers lists the servers to reach roomID through for userID, without this server and
 // duplicates: via first, then the sender of the user's invite (or the server of the user's
-// knock), then the server of the room ID (not for v12 room IDs, which name none).
+// knock), then, when none of these names a server, the server of the room ID (not for v12
+// room IDs, which name none).
 func (s *Service) remoteServers(ctx context.Context, roomID, userID string, via []string) ([]string, error) {
 	out := slices.Clone(via)
 	m, ev, err := s.Membership(ctx, roomID, userID)
@@ -196,8 +208,12 @@ func (s *Service) remoteServers(ctx context.Context, roomID, userID string, via 
 			out = append(out, domainOf(st.Sender))
 		}
 	}
-	if _, server, err := matrix.SplitID('!', roomID); err == nil {
-		out = append(out, server)
+	// The room ID's server only as a last resort, when nothing else names a server (as
+	// Synapse: a client that gives servers to go through gets only those).
+	if len(out) == 0 {
+		if _, server, err := matrix.SplitID('!', roomID); err == nil {
+			out = append(out, server)
+		}
 	}
 	seen := map[string]bool{s.cfg.ServerName: true, "": true}
 	return slices.DeleteFunc(out, func(server string) bool {
@@ -288,7 +304,7 @@ func (s *Service) inviteRemote(ctx context.Context, r SendRequest) (string, erro
 	var (
 		ev       gomatrixserverlib.PDU
 		existing string
-		stripped []gomatrixserverlib.InviteStrippedState
+		stripped []json.RawMessage
 	)
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		room, err := s.lockRoomRow(ctx, tx, r.RoomID, ri)
@@ -312,7 +328,20 @@ func (s *Service) inviteRemote(ctx context.Context, r SendRequest) (string, erro
 			return fmt.Errorf("loading stripped state: %w", err)
 		}
 		for _, e := range evs {
-			stripped = append(stripped, gomatrixserverlib.NewInviteStrippedState(e.PDU))
+			if e.PDU.Type() == spec.MRoomCreate {
+				// MSC4311: the full create event, first, so the invitee can check the room ID.
+				full, err := sjson.DeleteBytes(e.PDU.JSON(), "unsigned")
+				if err != nil {
+					return fmt.Errorf("stripping create event: %w", err)
+				}
+				stripped = append([]json.RawMessage{full}, stripped...)
+				continue
+			}
+			b, err := json.Marshal(gomatrixserverlib.NewInviteStrippedState(e.PDU))
+			if err != nil {
+				return fmt.Errorf("encoding stripped state: %w", err)
+			}
+			stripped = append(stripped, b)
 		}
 		return errBuilt // nothing to write yet
 	})

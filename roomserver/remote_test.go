@@ -78,7 +78,7 @@ func (f *fakeRemote) Join(ctx context.Context, server, roomID, userID string, co
 	return j, nil
 }
 
-func (f *fakeRemote) Invite(_ context.Context, ev gomatrixserverlib.PDU, _ []gomatrixserverlib.InviteStrippedState) (gomatrixserverlib.PDU, error) {
+func (f *fakeRemote) Invite(_ context.Context, ev gomatrixserverlib.PDU, _ []json.RawMessage) (gomatrixserverlib.PDU, error) {
 	f.invited = append(f.invited, ev)
 	return ev, nil
 }

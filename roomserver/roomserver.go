@@ -49,6 +49,8 @@ type Service struct {
 	log    *slog.Logger
 	locks  roomLocks
 	rooms  sync.Map // room ID → roomInfo, filled only from committed rows
+
+	backfill *backfillDeps // nil until SetBackfill
 }
 
 // roomInfo is the immutable part of a room's row.

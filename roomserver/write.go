@@ -380,7 +380,7 @@ func (s *Service) persist(ctx context.Context, tx *sqldb.Tx, room *roomRow, ev g
 	}
 	var js []byte
 	if sk != nil {
-		if js, err = s.servedJSON(ctx, tx, room, ev); err != nil {
+		if js, err = s.servedJSON(ctx, tx, room, ev, nil); err != nil {
 			return 0, err
 		}
 	}

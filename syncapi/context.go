@@ -151,11 +151,29 @@ func (s *Service) timestampToEvent(ctx context.Context, userID, roomID string, t
 		return nil, err
 	}
 	ev, err := s.rooms.EventNearTimestamp(ctx, roomID, ts, backward)
-	if errors.Is(err, sqldb.ErrNotFound) {
-		return nil, matrix.NotFound("no event found near %d", ts)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, sqldb.ErrNotFound) {
 		return nil, err
+	}
+	// Other servers may hold closer history: before this server joined, or in a gap.
+	if r, ok := s.rooms.(remoteTimestamps); ok {
+		ask := ev == nil
+		if ev != nil && !backward {
+			if ask, err = r.GapBefore(ctx, ev); err != nil {
+				return nil, err
+			}
+		}
+		if ask {
+			remote, rerr := r.RemoteEventNearTimestamp(ctx, roomID, ts, backward)
+			if rerr != nil && !errors.Is(rerr, sqldb.ErrNotFound) {
+				return nil, rerr
+			}
+			if remote != nil && (ev == nil || remote.PDU.OriginServerTS() <= ev.PDU.OriginServerTS()) {
+				ev = remote
+			}
+		}
+	}
+	if ev == nil {
+		return nil, matrix.NotFound("no event found near %d", ts)
 	}
 	if ev.StreamPos > bound {
 		return nil, matrix.NotFound("no event found near %d", ts)
@@ -168,4 +186,10 @@ func (s *Service) timestampToEvent(ctx context.Context, userID, roomID string, t
 		return nil, matrix.NotFound("no event found near %d", ts)
 	}
 	return &timestampResponse{EventID: ev.PDU.EventID(), OriginServerTS: int64(ev.PDU.OriginServerTS())}, nil
+}
+
+// remoteTimestamps is the roomserver's asking other servers for history near a timestamp.
+type remoteTimestamps interface {
+	GapBefore(ctx context.Context, ev *roomserver.Event) (bool, error)
+	RemoteEventNearTimestamp(ctx context.Context, roomID string, ts int64, backward bool) (*roomserver.Event, error)
 }

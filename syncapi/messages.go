@@ -17,17 +17,19 @@ import (
 // P: paginating backwards from P returns events at positions <= P, newest first; forwards
 // returns events at positions > P, oldest first. /messages and /context hand out
 // "t<P>" tokens and accept those as well as /sync tokens ("s<P>_…": next_batch, and a
-// timeline's prev_batch, which is the first timeline event's position minus one).
+// timeline's prev_batch, which is the first timeline event's position minus one). History
+// backfilled from other servers lies at negative positions (see roomserver.FillGaps), so P
+// may be negative.
 
 // historyToken encodes a pagination position.
-func historyToken(pos int64) string { return "t" + strconv.FormatInt(max(pos, 0), 10) }
+func historyToken(pos int64) string { return "t" + strconv.FormatInt(pos, 10) }
 
 // ParseHistoryToken decodes a pagination token ("t<pos>") or a /sync token into its room
 // stream position. It returns an error for anything else.
 func ParseHistoryToken(v string) (int64, error) {
 	if rest, ok := strings.CutPrefix(v, "t"); ok {
 		pos, err := strconv.ParseInt(rest, 10, 64)
-		if err != nil || pos < 0 {
+		if err != nil {
 			return 0, matrix.InvalidParam("invalid pagination token")
 		}
 		return pos, nil
@@ -89,10 +91,6 @@ func (s *Service) paginate(ctx context.Context, p pageRequest) (page, error) {
 			err   error
 		)
 		if p.backward {
-			if pg.next <= 0 {
-				pg.more = false
-				break
-			}
 			batch, err = s.rooms.RoomEventsBefore(ctx, p.roomID, pg.next+1, want)
 		} else {
 			batch, err = s.rooms.RoomEventsAfter(ctx, p.roomID, pg.next, want)
@@ -103,11 +101,25 @@ func (s *Service) paginate(ctx context.Context, p pageRequest) (page, error) {
 		scanned += len(batch)
 		exhausted := len(batch) < want
 		// Cut the batch where the range ends.
+		cut := false
 		for i, e := range batch {
 			if (p.backward && p.to != nil && e.StreamPos <= *p.to) ||
 				(!p.backward && (e.StreamPos > p.bound || (p.to != nil && e.StreamPos > *p.to))) {
-				batch, exhausted = batch[:i], true
+				batch, exhausted, cut = batch[:i], true, true
 				break
+			}
+		}
+		// Going back, fetch from other servers the history missing before these events; it
+		// lands below every position read so far, so the next batches reach it.
+		if p.backward && !cut {
+			if f, ok := s.rooms.(gapFiller); ok {
+				filled, err := f.FillGaps(ctx, p.roomID, batch)
+				if err != nil {
+					return page{}, err
+				}
+				if filled {
+					exhausted = false
+				}
 			}
 		}
 		var candidates []*roomserver.Event
@@ -146,6 +158,11 @@ func (s *Service) paginate(ctx context.Context, p pageRequest) (page, error) {
 		}
 	}
 	return pg, nil
+}
+
+// gapFiller is the roomserver's backfilling of history held only by other servers.
+type gapFiller interface {
+	FillGaps(ctx context.Context, roomID string, evs []*roomserver.Event) (bool, error)
 }
 
 type messagesResponse struct {

@@ -254,7 +254,7 @@ func TestParseHistoryToken(t *testing.T) {
 		want int64
 		ok   bool
 	}{
-		{"t12", 12, true}, {"s7_3", 7, true}, {"s9", 9, true}, {"t-1", 0, false}, {"x1", 0, false}, {"", 0, false},
+		{"t12", 12, true}, {"s7_3", 7, true}, {"s9", 9, true}, {"t-1", -1, true}, {"t-x", 0, false}, {"x1", 0, false}, {"", 0, false},
 	} {
 		got, err := ParseHistoryToken(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {

@@ -525,6 +525,14 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 				kept = vis
 			}
 		}
+		// A timeline does not span a gap in the room's history (events this server has not
+		// fetched): it starts after the gap, limited, and /messages backfills it.
+		var gaps map[string]bool
+		if gf, ok := b.s.rooms.(gapFinder); ok && len(kept) > 0 {
+			if gaps, err = gf.GapsBefore(ctx, kept); err != nil {
+				return res, err
+			}
+		}
 		done := false
 		for i := len(kept) - 1; i >= 0; i-- {
 			if len(newestFirst) == limit {
@@ -532,6 +540,10 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 				break
 			}
 			newestFirst = append(newestFirst, kept[i])
+			if gaps[kept[i].PDU.EventID()] {
+				res.limited, done = true, true
+				break
+			}
 		}
 		if done || !more {
 			break
@@ -547,6 +559,11 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 	slices.Reverse(newestFirst)
 	res.events = newestFirst
 	return res, nil
+}
+
+// gapFinder is the roomserver's detection of gaps in a room's history.
+type gapFinder interface {
+	GapsBefore(ctx context.Context, evs []*roomserver.Event) (map[string]bool, error)
 }
 
 // keepInTimeline applies the timeline filter and the ignore list to e.

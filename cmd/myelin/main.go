@@ -151,18 +151,21 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
+	remote := sender.NewRemote(sender.RemoteConfig{ServerName: cfg.Global.ServerName, KeyID: gmslKeyID(key.ID), PrivateKey: key.Private},
+		fedc.Federation(), fedc.KeyRing())
 	rooms, err := roomserver.New(roomserver.Config{
 		ServerName:         cfg.Global.ServerName,
 		KeyID:              gmslKeyID(key.ID),
 		PrivateKey:         key.Private,
 		DefaultRoomVersion: cfg.RoomServer.DefaultRoomVersion,
-		Remote: sender.NewRemote(sender.RemoteConfig{ServerName: cfg.Global.ServerName, KeyID: gmslKeyID(key.ID), PrivateKey: key.Private},
-			fedc.Federation(), fedc.KeyRing()),
+		Remote:             remote,
 	}, db, roomEvents, log.With("component", "roomserver"))
 	if err != nil {
 		return err
 	}
+	rooms.SetBackfill(fedc.Federation(), fedc.KeyRing())
 	client := clientapi.New(cfg, users, rooms, log.With("component", "clientapi"))
+	client.SetRemoteProfiles(remote)
 	syncer, err := syncapi.New(db, rooms, users, client.Authenticate, syncapi.Streams{
 		Rooms: roomEvents, AccountData: accountData,
 		Receipts: bus.NewStream(0), Presence: bus.NewStream(0),

@@ -158,7 +158,7 @@ func (r *Remote) eventProvider(server spec.ServerName) gomatrixserverlib.EventPr
 
 // Invite implements roomserver.Remote: PUT /v2/invite to the invitee's server, whose signature
 // on the returned event is checked.
-func (r *Remote) Invite(ctx context.Context, ev gomatrixserverlib.PDU, stripped []gomatrixserverlib.InviteStrippedState) (gomatrixserverlib.PDU, error) {
+func (r *Remote) Invite(ctx context.Context, ev gomatrixserverlib.PDU, stripped []json.RawMessage) (gomatrixserverlib.PDU, error) {
 	target := ""
 	if ev.StateKey() != nil {
 		target = *ev.StateKey()
@@ -167,12 +167,32 @@ func (r *Remote) Invite(ctx context.Context, ev gomatrixserverlib.PDU, stripped 
 	if err != nil {
 		return nil, matrix.InvalidParam("invalid invitee %q", target)
 	}
-	req, err := fclient.NewInviteV2Request(ev, stripped)
+	// gmsl's invite request can only carry stripped events; MSC4311 wants the full create
+	// event, so the body is built here.
+	if stripped == nil {
+		stripped = []json.RawMessage{}
+	}
+	body := struct {
+		Event           json.RawMessage   `json:"event"`
+		RoomVersion     string            `json:"room_version"`
+		InviteRoomState []json.RawMessage `json:"invite_room_state"`
+	}{ev.JSON(), string(ev.Version()), stripped}
+	req := fclient.NewFederationRequest(http.MethodPut, spec.ServerName(r.cfg.ServerName), spec.ServerName(server),
+		"/_matrix/federation/v2/invite/"+url.PathEscape(ev.RoomID().String())+"/"+url.PathEscape(ev.EventID()))
+	if err := req.SetContent(body); err != nil {
+		return nil, fmt.Errorf("building invite request: %w", err)
+	}
+	if err := req.Sign(spec.ServerName(r.cfg.ServerName), r.cfg.KeyID, r.cfg.PrivateKey); err != nil {
+		return nil, fmt.Errorf("signing invite request: %w", err)
+	}
+	hr, err := req.HTTPRequest()
 	if err != nil {
 		return nil, fmt.Errorf("building invite request: %w", err)
 	}
-	res, err := r.fed.SendInviteV2(ctx, spec.ServerName(r.cfg.ServerName), spec.ServerName(server), req)
-	if err != nil {
+	var res struct {
+		Event json.RawMessage `json:"event"`
+	}
+	if err := r.fed.DoRequestAndParseResponse(ctx, hr, &res); err != nil {
 		return nil, remoteErr(err)
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(ev.Version())
@@ -248,6 +268,20 @@ func (r *Remote) Alias(ctx context.Context, server, alias string) (string, []str
 		servers = append(servers, string(s))
 	}
 	return res.RoomID, servers, nil
+}
+
+// Profile asks userID's server for their profile (GET /query/profile). A Matrix error of
+// that server (404 M_NOT_FOUND for an unknown user) comes back as a *matrix.Error.
+func (r *Remote) Profile(ctx context.Context, userID string) (displayName, avatarURL string, err error) {
+	_, server, err := gomatrixserverlib.SplitID('@', userID)
+	if err != nil {
+		return "", "", matrix.InvalidParam("%q is not a user ID", userID)
+	}
+	res, err := r.fed.LookupProfile(ctx, spec.ServerName(r.cfg.ServerName), server, userID, "")
+	if err != nil {
+		return "", "", remoteErr(err)
+	}
+	return res.DisplayName, res.AvatarURL, nil
 }
 
 // fill builds and signs the member event from a make_leave/make_knock template, keeping the
