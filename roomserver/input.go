@@ -467,61 +467,109 @@ func allowedRejection(ev gomatrixserverlib.PDU, authEvents []gomatrixserverlib.P
 // state of its own. It is authorised against its own auth_events only. It returns
 // *MissingEventsError when auth_events are not stored, an error wrapping ErrRejected (the
 // event is remembered as rejected), and nil for an event already stored.
-func (s *Service) InputOutlier(ctx context.Context, ev gomatrixserverlib.PDU) (err error) {
-	defer func() {
-		if rec := recover(); rec != nil {
-			err = fmt.Errorf("inputting outlier: gomatrixserverlib panicked: %v", rec)
-		}
-	}()
-	eventID := ev.EventID()
-	if len(ev.JSON()) > maxEventSize {
-		return matrix.Errorf(413, matrix.CodeTooLarge, "event %s is too large", eventID)
-	}
-	roomID := ev.RoomID().String()
-	ri, err := s.roomInfo(ctx, roomID)
-	if errors.Is(err, sqldb.ErrNotFound) && ev.Type() == spec.MRoomCreate {
-		ri, err = s.createRemoteRoom(ctx, roomID, ev.Version())
-	}
+func (s *Service) InputOutlier(ctx context.Context, ev gomatrixserverlib.PDU) error {
+	errs, err := s.InputOutliers(ctx, []gomatrixserverlib.PDU{ev})
 	if err != nil {
 		return err
 	}
-	if ri.version.Version() != ev.Version() {
-		return fmt.Errorf("event %s has room version %s, room %s has %s", eventID, ev.Version(), roomID, ri.version.Version())
+	return errs[0]
+}
+
+// outlierBatch bounds how many outliers share one transaction.
+const outlierBatch = 500
+
+// InputOutliers stores evs like InputOutlier, all of one room and in auth order (an event's
+// auth events before it), committing them in a few transactions rather than one per event: a
+// remote join of a large room brings thousands. errs[i] is evs[i]'s own failure (rejected,
+// missing events, too large); err is a failure of the whole, after which nothing more is
+// stored.
+func (s *Service) InputOutliers(ctx context.Context, evs []gomatrixserverlib.PDU) (errs []error, err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			err = fmt.Errorf("inputting outliers: gomatrixserverlib panicked: %v", rec)
+		}
+	}()
+	errs = make([]error, len(evs))
+	if len(evs) == 0 {
+		return errs, nil
 	}
-	var rejection error
-	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		var n int
-		if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM events WHERE event_id = $1`, eventID).Scan(&n); err != nil {
-			return fmt.Errorf("looking up event %s: %w", eventID, err)
-		}
-		if n > 0 {
-			return nil
-		}
-		if rej, _, err := rejectedStatus(ctx, tx, eventID); err != nil {
-			return err
-		} else if rej != "" {
-			return rejectf("event %s was rejected: %s", eventID, rej)
-		}
-		room := &roomRow{roomInfo: ri, id: roomID}
-		if err := s.checkOwnAuthEvents(ctx, tx, room, ev); err != nil {
-			if errors.Is(err, ErrRejected) {
-				rejection = err
-				return nil
+	// The room row is looked up (or made, for a room joined from elsewhere) before any
+	// transaction: on SQLite a second write transaction would wait on the first.
+	roomID := evs[0].RoomID().String()
+	ri, err := s.roomInfo(ctx, roomID)
+	if errors.Is(err, sqldb.ErrNotFound) {
+		for _, ev := range evs {
+			if ev.Type() == spec.MRoomCreate && ev.RoomID().String() == roomID {
+				ri, err = s.createRemoteRoom(ctx, roomID, ev.Version())
+				break
 			}
-			return err
-		}
-		_, err := insertEvent(ctx, tx, storedEvent{pdu: ev, roomNID: ri.nid})
-		return err
-	})
-	if err == nil && rejection != nil {
-		err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-			return insertRejected(ctx, tx, ri.nid, ev, false, 0, rejection.Error())
-		})
-		if err == nil {
-			err = rejection
 		}
 	}
-	return err
+	if err != nil {
+		return nil, err
+	}
+	for start := 0; start < len(evs); start += outlierBatch {
+		end := min(start+outlierBatch, len(evs))
+		err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+			for i := start; i < end; i++ {
+				evErr, err := s.outlierTx(ctx, tx, ri, roomID, evs[i])
+				if err != nil {
+					return err
+				}
+				errs[i] = evErr
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return errs, nil
+}
+
+// outlierTx stores one outlier inside tx. evErr is the event's own failure, also recorded as a
+// rejection when the event breaks the auth rules; err fails the transaction.
+func (s *Service) outlierTx(ctx context.Context, tx *sqldb.Tx, ri roomInfo, roomID string, ev gomatrixserverlib.PDU) (evErr, err error) {
+	eventID := ev.EventID()
+	if len(ev.JSON()) > maxEventSize {
+		return matrix.Errorf(413, matrix.CodeTooLarge, "event %s is too large", eventID), nil
+	}
+	if ev.RoomID().String() != roomID {
+		return fmt.Errorf("event %s is in room %s, not %s", eventID, ev.RoomID().String(), roomID), nil
+	}
+	if ri.version.Version() != ev.Version() {
+		return fmt.Errorf("event %s has room version %s, room %s has %s", eventID, ev.Version(), roomID, ri.version.Version()), nil
+	}
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM events WHERE event_id = $1`, eventID).Scan(&n); err != nil {
+		return nil, fmt.Errorf("looking up event %s: %w", eventID, err)
+	}
+	if n > 0 {
+		return nil, nil
+	}
+	if rej, _, err := rejectedStatus(ctx, tx, eventID); err != nil {
+		return nil, err
+	} else if rej != "" {
+		return rejectf("event %s was rejected: %s", eventID, rej), nil
+	}
+	room := &roomRow{roomInfo: ri, id: roomID}
+	if err := s.checkOwnAuthEvents(ctx, tx, room, ev); err != nil {
+		if errors.Is(err, ErrRejected) {
+			if err := insertRejected(ctx, tx, ri.nid, ev, false, 0, err.Error()); err != nil {
+				return nil, err
+			}
+			return err, nil
+		}
+		var me *MissingEventsError
+		if errors.As(err, &me) {
+			return err, nil
+		}
+		return nil, err
+	}
+	if _, err := insertEvent(ctx, tx, storedEvent{pdu: ev, roomNID: ri.nid}); err != nil {
+		return nil, err
+	}
+	return nil, nil
 }
 
 // createRemoteRoom inserts the row of a room created elsewhere, which this server is joining.

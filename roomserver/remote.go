@@ -229,8 +229,12 @@ func (s *Service) remoteServers(ctx context.Context, roomID, userID string, via 
 // the join event on that state.
 func (s *Service) storeRemoteJoin(ctx context.Context, j *RemoteJoin) error {
 	stored := map[string]bool{}
-	for _, ev := range j.Events {
-		err := s.InputOutlier(ctx, ev)
+	errs, err := s.InputOutliers(ctx, j.Events)
+	if err != nil {
+		return fmt.Errorf("storing the state of a remote join: %w", err)
+	}
+	for i, ev := range j.Events {
+		err := errs[i]
 		var me *MissingEventsError
 		switch {
 		case err == nil:
