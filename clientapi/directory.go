@@ -106,18 +106,7 @@ type publicRoomsRequest struct {
 }
 
 // publicRoom is one entry of a published rooms chunk.
-type publicRoom struct {
-	RoomID           string `json:"room_id"`
-	Name             string `json:"name,omitempty"`
-	Topic            string `json:"topic,omitempty"`
-	CanonicalAlias   string `json:"canonical_alias,omitempty"`
-	AvatarURL        string `json:"avatar_url,omitempty"`
-	NumJoinedMembers int64  `json:"num_joined_members"`
-	WorldReadable    bool   `json:"world_readable"`
-	GuestCanJoin     bool   `json:"guest_can_join"`
-	JoinRule         string `json:"join_rule,omitempty"`
-	RoomType         string `json:"room_type,omitempty"`
-}
+type publicRoom = matrix.PublicRoom
 
 func toPublicRoom(r *roomserver.RoomSummary) publicRoom {
 	return publicRoom{

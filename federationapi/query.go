@@ -87,18 +87,8 @@ type publicRoomsBody struct {
 	} `json:"filter"`
 }
 
-type publicRoom struct {
-	RoomID           string `json:"room_id"`
-	Name             string `json:"name,omitempty"`
-	Topic            string `json:"topic,omitempty"`
-	CanonicalAlias   string `json:"canonical_alias,omitempty"`
-	AvatarURL        string `json:"avatar_url,omitempty"`
-	NumJoinedMembers int64  `json:"num_joined_members"`
-	WorldReadable    bool   `json:"world_readable"`
-	GuestCanJoin     bool   `json:"guest_can_join"`
-	JoinRule         string `json:"join_rule,omitempty"`
-	RoomType         string `json:"room_type,omitempty"`
-}
+// publicRoom is one entry of a published rooms chunk.
+type publicRoom = matrix.PublicRoom
 
 func (in *Inbound) publicRooms(w http.ResponseWriter, r *http.Request, req *fedRequest) error {
 	var pr roomserver.PublicRoomsRequest
