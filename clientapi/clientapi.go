@@ -38,17 +38,19 @@ type Service struct {
 	profiles RemoteProfiles // nil: remote profiles are not fetched
 }
 
-// New returns the client API over users and rooms.
-func New(cfg *config.Config, users *userapi.Service, rooms Rooms, log *slog.Logger) *Service {
+// New returns the client API over users and rooms. profiles asks other servers for their
+// users' profiles; with nil, remote profiles are not found.
+func New(cfg *config.Config, users *userapi.Service, rooms Rooms, profiles RemoteProfiles, log *slog.Logger) *Service {
 	s := &Service{
-		cfg:    cfg.ClientAPI,
-		global: cfg.Global,
-		room:   cfg.RoomServer,
-		realIP: cfg.SyncAPI.RealIPHeader,
-		users:  users,
-		rooms:  rooms,
-		log:    log,
-		exempt: map[string]bool{},
+		cfg:      cfg.ClientAPI,
+		global:   cfg.Global,
+		room:     cfg.RoomServer,
+		realIP:   cfg.SyncAPI.RealIPHeader,
+		users:    users,
+		rooms:    rooms,
+		profiles: profiles,
+		log:      log,
+		exempt:   map[string]bool{},
 	}
 	if rl := cfg.ClientAPI.RateLimiting; rl.Enabled {
 		every := time.Duration(rl.CooloffMS) * time.Millisecond

@@ -20,10 +20,6 @@ type RemoteProfiles interface {
 	Profile(ctx context.Context, userID string) (displayName, avatarURL string, err error)
 }
 
-// SetRemoteProfiles makes profile reads of remote users ask their servers through p. Without
-// it they answer 404.
-func (s *Service) SetRemoteProfiles(p RemoteProfiles) { s.profiles = p }
-
 // profileOf returns userID's profile: from the user API for a local user, else from the
 // user's server over federation.
 func (s *Service) profileOf(r *http.Request) (*userapi.Profile, error) {

@@ -46,15 +46,9 @@ type backfillDeps struct {
 	tried sync.Map   // event ID → struct{}: gaps already asked for that brought nothing
 }
 
-// SetBackfill lets FillGaps fetch missing history through fed, checking signatures with keys.
-// Call it before serving requests.
-func (s *Service) SetBackfill(fed Backfiller, keys gomatrixserverlib.JSONVerifier) {
-	s.backfill = &backfillDeps{fed: fed, keys: keys}
-}
-
 // FillGaps looks for gaps before evs, events of roomID from its timeline, and fetches the
 // missing history from another server in the room. It reports whether any event was added.
-// Without SetBackfill, or when no other server is in the room, it does nothing.
+// Without Config.BackfillKeys, or when no other server is in the room, it does nothing.
 func (s *Service) FillGaps(ctx context.Context, roomID string, evs []*Event) (bool, error) {
 	bf := s.backfill
 	if bf == nil || len(evs) == 0 {

@@ -2,13 +2,16 @@ package roomserver
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
+	"log/slog"
 	"math"
 	"slices"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
+	"github.com/myelin-chat/myelin/internal/bus"
 	"github.com/myelin-chat/myelin/internal/sqldb"
 	"github.com/myelin-chat/myelin/internal/testkit"
 )
@@ -26,8 +29,11 @@ func (acceptAll) VerifyJSONs(_ context.Context, reqs []gomatrixserverlib.VerifyJ
 // repeat adds nothing.
 func TestStoreBackfilled(t *testing.T) {
 	testkit.EachDB(t, func(t *testing.T, db *sqldb.DB) {
-		s, _ := newService(t, db)
-		s.SetBackfill(nil, acceptAll{})
+		_, priv, err := ed25519.GenerateKey(nil)
+		testkit.Must(t, err, "generating key")
+		s, err := New(Config{ServerName: "test.local", KeyID: "ed25519:test", PrivateKey: priv, BackfillKeys: acceptAll{}},
+			db, bus.NewStream(0), slog.New(slog.DiscardHandler))
+		testkit.Must(t, err, "starting roomserver")
 		ctx := context.Background()
 		roomID := createRoom(t, s, "11", "public")
 		var ids []string
@@ -38,7 +44,7 @@ func TestStoreBackfilled(t *testing.T) {
 			raws = append(raws, event(t, s, id).PDU.JSON())
 		}
 		last := event(t, s, ids[3])
-		_, err := db.Exec(ctx, `UPDATE events SET stream_pos = 0 WHERE event_id IN ($1, $2)`, ids[0], ids[1])
+		_, err = db.Exec(ctx, `UPDATE events SET stream_pos = 0 WHERE event_id IN ($1, $2)`, ids[0], ids[1])
 		testkit.Must(t, err, "making outliers")
 		_, err = db.Exec(ctx, `DELETE FROM events WHERE event_id = $1`, ids[2])
 		testkit.Must(t, err, "removing m3")

@@ -39,6 +39,10 @@ type Config struct {
 	PrivateKey         ed25519.PrivateKey
 	DefaultRoomVersion string // "11" when empty
 	Remote             Remote // federation for remote joins, invites and leaves; nil: local rooms only
+	// Backfill fetches history from other servers for /messages, and BackfillKeys checks
+	// its signatures; with BackfillKeys nil, gaps in history are left as they are.
+	Backfill     Backfiller
+	BackfillKeys gomatrixserverlib.JSONVerifier
 }
 
 // Service is the room server. It is safe for concurrent use.
@@ -50,7 +54,7 @@ type Service struct {
 	locks  roomLocks
 	rooms  sync.Map // room ID → roomInfo, filled only from committed rows
 
-	backfill *backfillDeps // nil until SetBackfill
+	backfill *backfillDeps // nil without Config.BackfillKeys
 }
 
 // roomInfo is the immutable part of a room's row.
@@ -83,6 +87,9 @@ func New(cfg Config, db *sqldb.DB, events *bus.Stream, log *slog.Logger) (*Servi
 		return nil, fmt.Errorf("roomserver: %w", err)
 	}
 	s := &Service{cfg: cfg, db: db, events: events, log: log, locks: roomLocks{m: map[string]*roomLock{}}}
+	if cfg.BackfillKeys != nil {
+		s.backfill = &backfillDeps{fed: cfg.Backfill, keys: cfg.BackfillKeys}
+	}
 	pos, err := s.MaxStreamPos(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)

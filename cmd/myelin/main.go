@@ -159,13 +159,13 @@ func run(f flags) error {
 		PrivateKey:         key.Private,
 		DefaultRoomVersion: cfg.RoomServer.DefaultRoomVersion,
 		Remote:             remote,
+		Backfill:           fedc.Federation(),
+		BackfillKeys:       fedc.KeyRing(),
 	}, db, roomEvents, log.With("component", "roomserver"))
 	if err != nil {
 		return err
 	}
-	rooms.SetBackfill(fedc.Federation(), fedc.KeyRing())
-	client := clientapi.New(cfg, users, rooms, log.With("component", "clientapi"))
-	client.SetRemoteProfiles(remote)
+	client := clientapi.New(cfg, users, rooms, remote, log.With("component", "clientapi"))
 	syncer, err := syncapi.New(db, rooms, users, client.Authenticate, syncapi.Streams{
 		Rooms: roomEvents, AccountData: accountData,
 		Receipts: bus.NewStream(0), Presence: bus.NewStream(0),
