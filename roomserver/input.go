@@ -1227,6 +1227,10 @@ func (s *Service) resolve(ctx context.Context, q querier, ver gomatrixserverlib.
 				err = fmt.Errorf("%w: %v", errStateResPanicked, rec)
 			}
 		}()
+		if ver.StateResAlgorithm() == gomatrixserverlib.StateResV2_1 {
+			// Our own v2.1 (gmsl's panics for privileged creators); Allowed may still panic.
+			return resolveStateV21Sets(pduSets, chain)
+		}
 		return gomatrixserverlib.ResolveConflictsNew(ver.Version(), pduSets, chain, userIDForSender, notRejected)
 	}()
 	if err != nil {
@@ -1238,6 +1242,13 @@ func (s *Service) resolve(ctx context.Context, q querier, ver gomatrixserverlib.
 			continue
 		}
 		nid, ok := nids[p.EventID()]
+		if !ok && ver.StateResAlgorithm() == gomatrixserverlib.StateResV2_1 {
+			// v2.1 may pick an event of the full conflicted set that no input state holds.
+			if nid, err = storedEventNID(ctx, q, p.EventID()); err != nil {
+				return nil, err
+			}
+			ok = true
+		}
 		if !ok {
 			return nil, fmt.Errorf("state resolution returned %s, which is in no input state", p.EventID())
 		}
