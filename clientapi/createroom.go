@@ -69,7 +69,7 @@ func (s *Service) createRoom(w http.ResponseWriter, r *http.Request, dev *userap
 	if version == "" {
 		version = s.room.DefaultRoomVersion
 	}
-	if !slices.Contains(RoomVersions, version) {
+	if !slices.Contains(roomserver.SupportedRoomVersions(), version) {
 		return matrix.Errorf(http.StatusBadRequest, matrix.CodeUnsupportedRoomVer, "room version %q is not supported", version)
 	}
 	v12 := version == "12"

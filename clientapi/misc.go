@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
+	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/userapi"
 )
 
@@ -21,12 +22,10 @@ func (s *Service) versions(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
-// RoomVersions are the room versions Myelin supports, all stable.
-var RoomVersions = []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
-
 func (s *Service) capabilities(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	avail := make(map[string]string, len(RoomVersions))
-	for _, v := range RoomVersions {
+	versions := roomserver.SupportedRoomVersions()
+	avail := make(map[string]string, len(versions))
+	for _, v := range versions {
 		avail[v] = "stable"
 	}
 	return httpx.WriteJSON(w, http.StatusOK, map[string]any{

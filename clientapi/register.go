@@ -112,13 +112,7 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 		return matrix.MissingParam("password is required")
 	}
 	if local == "" {
-		local = strings.ToLower(userapi.RandomString(12))
-		local = strings.Map(func(r rune) rune {
-			if matrix.ValidLocalpart(string(r)) {
-				return r
-			}
-			return 'x'
-		}, local)
+		local = randomLocalpart("", 12)
 	}
 	userID, err := s.users.CreateAccount(r.Context(), userapi.NewAccount{Localpart: local, Password: req.Password})
 	if errors.Is(err, userapi.ErrUserInUse) {
@@ -153,13 +147,7 @@ func (s *Service) registerGuest(w http.ResponseWriter, r *http.Request, req regi
 	if s.cfg.GuestsDisabled {
 		return matrix.Errorf(http.StatusForbidden, matrix.CodeGuestAccessForbidden, "guest access is disabled")
 	}
-	local := "guest-" + strings.ToLower(userapi.RandomString(10))
-	local = strings.Map(func(r rune) rune {
-		if matrix.ValidLocalpart(string(r)) {
-			return r
-		}
-		return 'x'
-	}, local)
+	local := randomLocalpart("guest-", 10)
 	userID, err := s.users.CreateAccount(r.Context(), userapi.NewAccount{Localpart: local, Guest: true})
 	if err != nil {
 		return err
@@ -266,4 +254,15 @@ func (s *Service) adminRegister(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpx.WriteJSON(w, http.StatusOK, s.sessionResponse(login))
+}
+
+// randomLocalpart returns prefix followed by n random characters valid in a localpart, for
+// users who did not choose a name.
+func randomLocalpart(prefix string, n int) string {
+	return prefix + strings.Map(func(r rune) rune {
+		if matrix.ValidLocalpart(string(r)) {
+			return r
+		}
+		return 'x'
+	}, strings.ToLower(userapi.RandomString(n)))
 }

@@ -5,7 +5,6 @@ package federationapi
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/gorilla/mux"
 
@@ -15,10 +14,9 @@ import (
 
 // Config is what federationapi needs from main.
 type Config struct {
-	ServerName        string
-	Key               serverkey.Key
-	KeyValidityPeriod time.Duration
-	Version           string
+	ServerName string
+	Key        serverkey.Key
+	Version    string
 }
 
 // Service is the Server-Server API.

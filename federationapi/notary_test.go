@@ -55,7 +55,7 @@ func TestNotary(t *testing.T) {
 
 		localKey, oldKey := testKey(t, "ed25519:local"), testKey(t, "ed25519:old")
 		fc, err := fedclient.New(fedclient.Config{
-			ServerName: localName, Key: localKey, KeyValidityPeriod: time.Hour,
+			ServerName: localName, Key: localKey,
 			OldKeys:              []config.OldKey{{KeyID: oldKey.ID, PublicKey: spec.Base64Bytes(oldKey.Public()).Encode(), ExpiredAt: 1000}},
 			DisableTLSValidation: true,
 			AllowNetworks:        []string{"0.0.0.0/0", "::/0"},

@@ -175,7 +175,7 @@ func run(f flags) error {
 		return err
 	}
 	fedCfg := federationapi.Config{
-		ServerName: cfg.Global.ServerName, Key: key, KeyValidityPeriod: cfg.Global.KeyValidityPeriod, Version: clientapi.Version,
+		ServerName: cfg.Global.ServerName, Key: key, Version: clientapi.Version,
 	}
 	fed := federationapi.New(fedCfg, fedc)
 	inbound, err := federationapi.NewInbound(fedCfg, federationapi.Deps{

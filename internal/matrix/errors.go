@@ -38,7 +38,6 @@ const (
 	CodeWeakPassword         = "M_WEAK_PASSWORD"
 	CodeThreepidInUse        = "M_THREEPID_IN_USE"
 	CodeThreepidNotFound     = "M_THREEPID_NOT_FOUND"
-	CodeUnsupportedLogin     = "M_UNKNOWN"
 )
 
 // Error is the error a client sees: an HTTP status, a Matrix errcode and a message, plus

@@ -138,7 +138,11 @@ func openSQLite(ctx context.Context, conn string, opts Options) (*DB, error) {
 		n = 8
 	}
 	r.SetMaxOpenConns(n)
-	r.SetMaxIdleConns(n)
+	idle := n
+	if opts.MaxIdleConns > 0 && opts.MaxIdleConns < n {
+		idle = opts.MaxIdleConns
+	}
+	r.SetMaxIdleConns(idle)
 	return &DB{dialect: SQLite, w: w, r: r}, nil
 }
 
