@@ -252,4 +252,64 @@ type Myelin struct {
 	AccessTokenLifetime time.Duration `yaml:"access_token_lifetime"`
 	// MaxRequestBytes caps JSON request bodies.
 	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+	// Media holds the media repository settings Dendrite's media_api section lacks.
+	Media Media `yaml:"media"`
+}
+
+// Media is the "myelin.media" section.
+type Media struct {
+	// Storage is where media bytes live: "disk" (under media_api.base_path) or "s3".
+	Storage string `yaml:"storage"`
+	// S3 configures the "s3" storage.
+	S3 S3 `yaml:"s3"`
+	// LegacyEndpoints serves the unauthenticated /_matrix/media/v3 download and thumbnail
+	// endpoints beside the authenticated /_matrix/client/v1/media ones (Synapse's
+	// enable_authenticated_media: false).
+	LegacyEndpoints bool `yaml:"legacy_endpoints"`
+	// UnusedUploadExpiry is how long a media ID from /_matrix/media/v1/create waits for its
+	// content before it is forgotten.
+	UnusedUploadExpiry time.Duration `yaml:"unused_upload_expiry"`
+	// MaxPendingUploads caps the media IDs one user holds that await content.
+	MaxPendingUploads int `yaml:"max_pending_uploads"`
+	// MaxImagePixels is the largest width×height decoded for a thumbnail; larger images
+	// are stored and served but not thumbnailed.
+	MaxImagePixels int64 `yaml:"max_image_pixels"`
+	// URLPreviews configures /preview_url.
+	URLPreviews URLPreviews `yaml:"url_previews"`
+}
+
+// S3 is the "myelin.media.s3" section: an S3-compatible bucket.
+type S3 struct {
+	// Endpoint is the server's host[:port], such as "s3.amazonaws.com".
+	Endpoint string `yaml:"endpoint"`
+	// Secure uses HTTPS to reach Endpoint.
+	Secure bool `yaml:"secure"`
+	// Region is the bucket's region ("" lets the client discover it).
+	Region string `yaml:"region"`
+	// Bucket holds the media; it must exist.
+	Bucket string `yaml:"bucket"`
+	// Prefix is prepended to every object name, such as "media/".
+	Prefix string `yaml:"prefix"`
+	// AccessKeyID and SecretAccessKey are the credentials. They are never logged.
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"`
+	// PathStyle addresses the bucket as endpoint/bucket rather than bucket.endpoint, as
+	// most self-hosted S3 servers need.
+	PathStyle bool `yaml:"path_style"`
+}
+
+// URLPreviews is the "myelin.media.url_previews" section.
+type URLPreviews struct {
+	// Enabled serves /preview_url; when false it answers 404 M_UNRECOGNIZED.
+	Enabled bool `yaml:"enabled"`
+	// AllowNetworks and DenyNetworks are CIDRs checked on every address a preview
+	// connects to, after DNS resolution: deny wins; an empty allow list allows all.
+	AllowNetworks []string `yaml:"allow_networks"`
+	DenyNetworks  []string `yaml:"deny_networks"`
+	// MaxBytes caps the bytes read from one previewed page or image.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// Timeout bounds fetching one URL, redirects included.
+	Timeout time.Duration `yaml:"timeout"`
+	// CacheTTL is how long a preview is reused before the URL is fetched again.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
 }

@@ -59,18 +59,8 @@ func Default() *Config {
 		},
 		FederationAPI: FederationAPI{
 			SendMaxRetries: 16,
-			DenyNetworks: []string{
-				"127.0.0.1/8",
-				"10.0.0.0/8",
-				"172.16.0.0/12",
-				"192.168.0.0/16",
-				"100.64.0.0/10",
-				"169.254.0.0/16",
-				"::1/128",
-				"fe80::/64",
-				"fc00::/7",
-			},
-			AllowNetworks: []string{"0.0.0.0/0", "::/0"},
+			DenyNetworks:   privateNetworks(),
+			AllowNetworks:  []string{"0.0.0.0/0", "::/0"},
 		},
 		MediaAPI: MediaAPI{
 			MaxFileSizeBytes:       DefaultMaxFileSizeBytes,
@@ -91,6 +81,21 @@ func Default() *Config {
 			DataDir:         DefaultDataDir,
 			Listen:          DefaultListen,
 			MaxRequestBytes: DefaultMaxRequestBytes,
+			Media: Media{
+				Storage:            "disk",
+				LegacyEndpoints:    true,
+				UnusedUploadExpiry: 24 * time.Hour,
+				MaxPendingUploads:  5,
+				MaxImagePixels:     32_000_000,
+				URLPreviews: URLPreviews{
+					Enabled:       true,
+					AllowNetworks: []string{"0.0.0.0/0", "::/0"},
+					DenyNetworks:  privateNetworks(),
+					MaxBytes:      10 << 20,
+					Timeout:       10 * time.Second,
+					CacheTTL:      time.Hour,
+				},
+			},
 		},
 		origin: origin{derived: derived{database: true, privateKey: true, mediaPath: true}},
 	}
@@ -134,4 +139,20 @@ func under(dir, name string) string {
 		return name
 	}
 	return strings.TrimRight(dir, `/`+string(filepath.Separator)) + string(filepath.Separator) + name
+}
+
+// privateNetworks are the loopback, private, shared, link-local and unique-local
+// networks that outbound federation and URL previews refuse by default.
+func privateNetworks() []string {
+	return []string{
+		"127.0.0.1/8",
+		"10.0.0.0/8",
+		"172.16.0.0/12",
+		"192.168.0.0/16",
+		"100.64.0.0/10",
+		"169.254.0.0/16",
+		"::1/128",
+		"fe80::/64",
+		"fc00::/7",
+	}
 }

@@ -148,6 +148,45 @@ func (c *Config) Validate() error {
 		v.add("myelin.access_token_lifetime", "must not be negative, got %s", my.AccessTokenLifetime)
 	}
 
+	md := my.Media
+	switch md.Storage {
+	case "disk":
+	case "s3":
+		if md.S3.Endpoint == "" {
+			v.add("myelin.media.s3.endpoint", "must be set when myelin.media.storage is s3")
+		}
+		if md.S3.Bucket == "" {
+			v.add("myelin.media.s3.bucket", "must be set when myelin.media.storage is s3")
+		}
+	default:
+		v.add("myelin.media.storage", "must be disk or s3, got %q", md.Storage)
+	}
+	if md.UnusedUploadExpiry <= 0 {
+		v.add("myelin.media.unused_upload_expiry", "must be positive, got %s", md.UnusedUploadExpiry)
+	}
+	if md.MaxPendingUploads <= 0 {
+		v.add("myelin.media.max_pending_uploads", "must be positive, got %d", md.MaxPendingUploads)
+	}
+	if md.MaxImagePixels <= 0 {
+		v.add("myelin.media.max_image_pixels", "must be positive, got %d", md.MaxImagePixels)
+	}
+	up := md.URLPreviews
+	for i, n := range up.AllowNetworks {
+		v.cidr(fmt.Sprintf("myelin.media.url_previews.allow_networks[%d]", i), n)
+	}
+	for i, n := range up.DenyNetworks {
+		v.cidr(fmt.Sprintf("myelin.media.url_previews.deny_networks[%d]", i), n)
+	}
+	if up.MaxBytes <= 0 {
+		v.add("myelin.media.url_previews.max_bytes", "must be positive, got %d", up.MaxBytes)
+	}
+	if up.Timeout <= 0 {
+		v.add("myelin.media.url_previews.timeout", "must be positive, got %s", up.Timeout)
+	}
+	if up.CacheTTL < 0 {
+		v.add("myelin.media.url_previews.cache_ttl", "must not be negative, got %s", up.CacheTTL)
+	}
+
 	return errorsOrNil(v.problems)
 }
 
