@@ -172,38 +172,55 @@ func (in *Inbound) Register(r *mux.Router) {
 	r.Handle(f+"/v1/user/keys/claim", a(in.keysClaim)).Methods(post)
 }
 
-// authed verifies the X-Matrix signature of a request addressed to this server (the body
-// limited to maxRequestBody) before calling f. Failures are 401 M_UNAUTHORIZED (400 for a
-// malformed header), 413 M_TOO_LARGE for a body over the limit.
+// authed verifies the request with Verify before calling f.
 func (in *Inbound) authed(f fedHandler) http.Handler {
 	return httpx.Handler(func(w http.ResponseWriter, r *http.Request) error {
-		if r.ContentLength > maxRequestBody {
-			return matrix.Errorf(http.StatusRequestEntityTooLarge, matrix.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
+		origin, content, err := in.verify(w, r)
+		if err != nil {
+			return err
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
-		fr, resp := fclient.VerifyHTTPRequest(r, time.Now(), spec.ServerName(in.cfg.ServerName), nil, in.keys)
-		if fr == nil {
-			var body struct {
-				Message string `json:"message"`
-				Error   string `json:"error"`
-			}
-			b, _ := json.Marshal(resp.JSON)
-			_ = json.Unmarshal(b, &body)
-			msg := body.Message + body.Error
-			if msg == "" {
-				msg = "request signature verification failed"
-			}
-			status := resp.Code
-			if status < 400 {
-				status = http.StatusUnauthorized
-			}
-			return matrix.Errorf(status, matrix.CodeUnauthorized, "%s", msg)
-		}
-		if fr.Origin() == spec.ServerName(in.cfg.ServerName) {
-			return matrix.Errorf(http.StatusUnauthorized, matrix.CodeUnauthorized, "requests from ourselves are not accepted")
-		}
-		return f(w, r, &fedRequest{origin: fr.Origin(), content: fr.Content()})
+		return f(w, r, &fedRequest{origin: origin, content: content})
 	})
+}
+
+// Verify checks the X-Matrix signature of a request addressed to this server and returns
+// the requesting server's name. It is for federation endpoints served outside this package
+// (media), whose requests have no body. Failures are *matrix.Error: 401 M_UNAUTHORIZED (400
+// for a malformed header), 413 M_TOO_LARGE for a body over the limit.
+func (in *Inbound) Verify(w http.ResponseWriter, r *http.Request) (origin string, err error) {
+	o, _, err := in.verify(w, r)
+	return string(o), err
+}
+
+// verify checks r's X-Matrix signature, with its body limited to maxRequestBody, and
+// returns the origin and the body it read.
+func (in *Inbound) verify(w http.ResponseWriter, r *http.Request) (spec.ServerName, []byte, error) {
+	if r.ContentLength > maxRequestBody {
+		return "", nil, matrix.Errorf(http.StatusRequestEntityTooLarge, matrix.CodeTooLarge, "request body is larger than %d bytes", maxRequestBody)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+	fr, resp := fclient.VerifyHTTPRequest(r, time.Now(), spec.ServerName(in.cfg.ServerName), nil, in.keys)
+	if fr == nil {
+		var body struct {
+			Message string `json:"message"`
+			Error   string `json:"error"`
+		}
+		b, _ := json.Marshal(resp.JSON)
+		_ = json.Unmarshal(b, &body)
+		msg := body.Message + body.Error
+		if msg == "" {
+			msg = "request signature verification failed"
+		}
+		status := resp.Code
+		if status < 400 {
+			status = http.StatusUnauthorized
+		}
+		return "", nil, matrix.Errorf(status, matrix.CodeUnauthorized, "%s", msg)
+	}
+	if fr.Origin() == spec.ServerName(in.cfg.ServerName) {
+		return "", nil, matrix.Errorf(http.StatusUnauthorized, matrix.CodeUnauthorized, "requests from ourselves are not accepted")
+	}
+	return fr.Origin(), fr.Content(), nil
 }
 
 // checkACL returns 403 M_FORBIDDEN when roomID's m.room.server_acl denies origin. An unknown
