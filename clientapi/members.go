@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/sqldb"
@@ -52,9 +54,12 @@ func (s *Service) members(w http.ResponseWriter, r *http.Request, dev *userapi.D
 
 // roomMembers returns the m.room.member events of a room that userID may read: the current
 // ones, those as of their leave when departed, or those as of the stream position req.at
-// (never later than their leave), filtered by membership. Errors: 403 M_FORBIDDEN for a room
-// the user may not read, 404 M_NOT_FOUND when req.at precedes every event of the room
-// (Synapse's answer too).
+// (never later than their leave), filtered by membership. A room's creation (its create
+// event and its creator's join) counts as one point: a token before or inside it, such as
+// the prev_batch of a timeline that starts at the create event, reads the members right
+// after it, the creator alone, rather than the empty state before the room existed.
+// Errors: 403 M_FORBIDDEN for a room the user may not read, 404 M_NOT_FOUND for a room with
+// no events.
 func (s *Service) roomMembers(ctx context.Context, userID string, req membersRequest) ([]*roomserver.Event, error) {
 	view, err := s.viewOf(ctx, req.roomID, userID)
 	if err != nil {
@@ -74,11 +79,13 @@ func (s *Service) roomMembers(ctx context.Context, userID string, req membersReq
 	point := view.leave
 	if req.at != nil && (view.leave == nil || *req.at < view.leave.StreamPos) {
 		point, err = s.rooms.EventAtOrBefore(ctx, req.roomID, *req.at)
-		if errors.Is(err, sqldb.ErrNotFound) {
-			return nil, matrix.NotFound("no event in %s before that token", req.roomID)
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, sqldb.ErrNotFound) {
 			return nil, err
+		}
+		if point == nil || point.PDU.Type() == spec.MRoomCreate {
+			if point, err = s.roomCreation(ctx, req.roomID); err != nil {
+				return nil, err
+			}
 		}
 	}
 	all, err := s.rooms.MemberEventsAfter(ctx, point.PDU.EventID())
@@ -94,6 +101,25 @@ func (s *Service) roomMembers(ctx context.Context, userID string, req membersReq
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// roomCreation returns the event that ends a room's creation: the first membership event
+// among its earliest stored events (the creator's join), or the earliest event when there is
+// none. 404 M_NOT_FOUND for a room with no events.
+func (s *Service) roomCreation(ctx context.Context, roomID string) (*roomserver.Event, error) {
+	first, err := s.rooms.RoomEventsAfter(ctx, roomID, 0, 2)
+	if err != nil {
+		return nil, roomErr(err)
+	}
+	if len(first) == 0 {
+		return nil, matrix.NotFound("no events in %s", roomID)
+	}
+	for _, e := range first {
+		if e.PDU.Type() == spec.MRoomMember {
+			return e, nil
+		}
+	}
+	return first[0], nil
 }
 
 // parseStreamToken reads the room-event stream position out of a /sync token ("s<pos>_…")

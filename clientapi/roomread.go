@@ -25,6 +25,7 @@ type roomReader interface {
 	MemberEvents(ctx context.Context, roomID string, memberships, notMemberships []string) ([]*roomserver.Event, error)
 	MemberEventsAfter(ctx context.Context, eventID string) ([]*roomserver.Event, error)
 	EventAtOrBefore(ctx context.Context, roomID string, pos int64) (*roomserver.Event, error)
+	RoomEventsAfter(ctx context.Context, roomID string, after int64, limit int) ([]*roomserver.Event, error)
 }
 
 // registerRoomReads adds the routes that read room state and events.
