@@ -125,3 +125,56 @@ func TestInputForksAndRejections(t *testing.T) {
 		}
 	})
 }
+
+// TestRoomEventsByDepth checks topological paging: an event of an old fork that arrives
+// after newer events comes after them in stream order but before them by depth.
+func TestRoomEventsByDepth(t *testing.T) {
+	testkit.EachDB(t, func(t *testing.T, db *sqldb.DB) {
+		ctx := context.Background()
+		s, _ := newService(t, db)
+		room := createRoom(t, s, "10", "public")
+		_, key, _ := ed25519.GenerateKey(nil)
+		b := &remoteBuilder{t: t, s: s, room: room, key: key}
+		const dave = "@dave:remote.example"
+		base := []gomatrixserverlib.StateKeyTuple{{EventType: spec.MRoomCreate}, {EventType: spec.MRoomPowerLevels}, {EventType: spec.MRoomJoinRules}}
+		ext, depth, err := s.Extremities(ctx, room)
+		testkit.Must(t, err, "extremities")
+		join := b.build(dave, spec.MRoomMember, ptr(dave), map[string]string{"membership": "join"}, ext, depth+1, base...)
+		_, err = s.InputEvent(ctx, join, InputOptions{})
+		testkit.Must(t, err, "joining dave")
+		forkPoint, forkDepth, _ := s.Extremities(ctx, room)
+		e3 := send(t, s, message(room, alice, "e3"))
+		e4 := send(t, s, message(room, alice, "e4"))
+		// The fork: built on the join, so one deeper than it, but stored after e4.
+		late := b.build(dave, spec.MRoomMember, ptr(dave), map[string]string{"membership": "join", "displayname": "late"}, forkPoint, forkDepth+1,
+			append(base, gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomMember, StateKey: dave})...)
+		_, err = s.InputEvent(ctx, late, InputOptions{})
+		testkit.Must(t, err, "inputting the late fork")
+		end, _ := s.MaxStreamPos(ctx)
+
+		var got []string
+		var cursor *DepthCursor
+		for {
+			page, more, err := s.RoomEventsByDepth(ctx, room, end, cursor, 2)
+			testkit.Must(t, err, "paging by depth")
+			for _, e := range page {
+				got = append(got, e.PDU.EventID())
+			}
+			if !more {
+				break
+			}
+			last := page[len(page)-1]
+			cursor = &DepthCursor{Depth: last.PDU.Depth(), StreamPos: last.StreamPos}
+		}
+		// Newest first: e4 (deepest), then late and e3 (same depth, late stored after e3),
+		// then the join, then the room's creation events.
+		if len(got) < 4 || !slices.Equal(got[:4], []string{e4, late.EventID(), e3, join.EventID()}) {
+			t.Errorf("by depth = %v; want e4 %s, late %s, e3 %s, join %s first", got, e4, late.EventID(), e3, join.EventID())
+		}
+		ids, err := s.StateEventIDsBetween(ctx, room, 0, end)
+		testkit.Must(t, err, "state events")
+		if !slices.Contains(ids, late.EventID()) || slices.Contains(ids, e3) {
+			t.Errorf("StateEventIDsBetween = %v; want the late member event and no message", ids)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -204,6 +205,62 @@ func (s *Service) RoomEventsAfter(ctx context.Context, roomID string, after int6
 		return nil, fmt.Errorf("loading events of %s: %w", roomID, err)
 	}
 	return evs, nil
+}
+
+// DepthCursor is a position in a room's topological order: an event's depth and stream
+// position.
+type DepthCursor struct {
+	Depth, StreamPos int64
+}
+
+// RoomEventsByDepth returns up to limit events of roomID with 0 < position <= upTo that come
+// before the cursor in topological order (depth, then stream position; all of them when
+// before is nil), newest first; more reports that older ones remain. It returns an error
+// wrapping sqldb.ErrNotFound if the room is unknown.
+func (s *Service) RoomEventsByDepth(ctx context.Context, roomID string, upTo int64, before *DepthCursor, limit int) (evs []*Event, more bool, err error) {
+	ri, err := s.roomInfo(ctx, roomID)
+	if err != nil {
+		return nil, false, err
+	}
+	limit = max(limit, 0)
+	cur := DepthCursor{Depth: math.MaxInt64, StreamPos: math.MaxInt64}
+	if before != nil {
+		cur = *before
+	}
+	evs, err = queryEvents(ctx, s.db, `SELECT `+eventCols+eventFrom+`
+		WHERE e.room_nid = $1 AND e.stream_pos > 0 AND e.stream_pos <= $2
+		AND (e.depth < $3 OR (e.depth = $3 AND e.stream_pos < $4))
+		ORDER BY e.depth DESC, e.stream_pos DESC LIMIT $5`, ri.nid, upTo, cur.Depth, cur.StreamPos, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("loading events of %s by depth: %w", roomID, err)
+	}
+	if len(evs) > limit {
+		evs, more = evs[:limit], true
+	}
+	return evs, more, nil
+}
+
+// StateEventIDsBetween returns the IDs of roomID's state events with after < position <= upTo.
+func (s *Service) StateEventIDsBetween(ctx context.Context, roomID string, after, upTo int64) ([]string, error) {
+	ri, err := s.roomInfo(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.db.Query(ctx, `SELECT event_id FROM events
+		WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 AND state_key IS NOT NULL`, ri.nid, max(after, 0), upTo)
+	if err != nil {
+		return nil, fmt.Errorf("loading state events of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("loading state events of %s: %w", roomID, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
 }
 
 // RoomsWithEvents returns the IDs of the rooms that got events with after < position <= upTo,

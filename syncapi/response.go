@@ -489,10 +489,33 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 	if tf != nil || checkVisibility || len(b.ignored) > 0 {
 		batch = max(batch, 50)
 	}
-	var newestFirst []*roomserver.Event
+	// An incremental timeline is the range in stream order. An initial one is the room's
+	// newest events in topological order (depth, then stream position), as Synapse picks
+	// them: an old fork that arrived late (a lower depth, a later position) does not push the
+	// newest events out of a short timeline; it shows up in the state section instead.
 	hi, scanned := upTo, 0
-	for hi > after {
-		page, more, err := b.s.rooms.RoomEvents(ctx, roomID, after, hi, batch)
+	var cursor *roomserver.DepthCursor
+	nextPage := func() ([]*roomserver.Event, bool, error) {
+		if after > 0 {
+			page, more, err := b.s.rooms.RoomEvents(ctx, roomID, after, hi, batch)
+			if len(page) > 0 {
+				hi = page[0].StreamPos - 1
+			}
+			return page, more && hi > after, err
+		}
+		page, more, err := b.s.rooms.RoomEventsByDepth(ctx, roomID, upTo, cursor, batch)
+		if len(page) > 0 {
+			last := page[len(page)-1]
+			cursor = &roomserver.DepthCursor{Depth: last.PDU.Depth(), StreamPos: last.StreamPos}
+			slices.Reverse(page)
+		}
+		return page, more, err
+	}
+	var newestFirst []*roomserver.Event
+	for more := upTo > after; more; {
+		var page []*roomserver.Event
+		var err error
+		page, more, err = nextPage()
 		if err != nil {
 			return res, err
 		}
@@ -500,7 +523,6 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 			break
 		}
 		scanned += len(page)
-		hi = page[0].StreamPos - 1
 		kept := make([]*roomserver.Event, 0, len(page))
 		for _, e := range page {
 			if b.keepInTimeline(e, tf) {
@@ -545,10 +567,10 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 				break
 			}
 		}
-		if done || !more {
+		if done {
 			break
 		}
-		if scanned >= maxTimelineScan {
+		if more && scanned >= maxTimelineScan {
 			res.limited = true
 			break
 		}
@@ -691,10 +713,13 @@ func (b *builder) sectionState(ctx context.Context, roomID string, tl timelineRe
 	default:
 		start := upTo
 		if len(tl.events) > 0 {
-			start = tl.events[0].StreamPos - 1
+			start = tl.firstPos() - 1
 		}
 		if full {
 			evs, err = b.stateAt(ctx, roomID, start, members)
+			if err == nil && len(tl.events) > 0 {
+				evs, err = b.offTimelineState(ctx, roomID, evs, start, upTo, inTimeline, members)
+			}
 		} else if tl.gap {
 			evs, err = b.stateDelta(ctx, roomID, b.since.Rooms, start, members)
 		}
@@ -716,11 +741,56 @@ func (b *builder) sectionState(ctx context.Context, roomID string, tl timelineRe
 	return out, nil
 }
 
+// offTimelineState adds to evs, the state at the start of a full timeline, the state as of
+// upTo when a state event after the start is in neither (a fork that arrived late, or a
+// state event the timeline filter left out), so the client still learns the room's current
+// state, as Synapse does. Usually no such event exists and evs is returned as it is.
+func (b *builder) offTimelineState(ctx context.Context, roomID string, evs []*roomserver.Event, start, upTo int64, inTimeline map[string]bool, members []string) ([]*roomserver.Event, error) {
+	ids, err := b.s.rooms.StateEventIDsBetween(ctx, roomID, start, upTo)
+	if err != nil {
+		return nil, err
+	}
+	missed := false
+	for _, id := range ids {
+		if !inTimeline[id] {
+			missed = true
+			break
+		}
+	}
+	if !missed {
+		return evs, nil
+	}
+	end, err := b.stateAt(ctx, roomID, upTo, members)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[string]bool, len(evs))
+	for _, e := range evs {
+		have[e.PDU.EventID()] = true
+	}
+	for _, e := range end {
+		if !have[e.PDU.EventID()] {
+			evs = append(evs, e)
+		}
+	}
+	return evs, nil
+}
+
+// firstPos is the lowest stream position in the timeline: a timeline in topological order
+// need not start with it.
+func (tl timelineResult) firstPos() int64 {
+	first := tl.events[0].StreamPos
+	for _, e := range tl.events[1:] {
+		first = min(first, e.StreamPos)
+	}
+	return first
+}
+
 // prevBatch is the token /messages pages back from: just before the timeline's first event.
 func (b *builder) prevBatch(tl timelineResult) string {
 	t := b.to
 	if len(tl.events) > 0 {
-		t.Rooms = tl.events[0].StreamPos - 1
+		t.Rooms = tl.firstPos() - 1
 	}
 	return t.String()
 }

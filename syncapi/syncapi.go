@@ -38,6 +38,8 @@ type Rooms interface {
 	MembershipAt(ctx context.Context, roomID, userID string, pos int64) (string, *roomserver.Event, error)
 	UserRooms(ctx context.Context, userID string) ([]roomserver.UserRoom, error)
 	RoomEvents(ctx context.Context, roomID string, after, upTo int64, limit int) ([]*roomserver.Event, bool, error)
+	RoomEventsByDepth(ctx context.Context, roomID string, upTo int64, before *roomserver.DepthCursor, limit int) ([]*roomserver.Event, bool, error)
+	StateEventIDsBetween(ctx context.Context, roomID string, after, upTo int64) ([]string, error)
 	MembershipEvents(ctx context.Context, userID string, after, upTo int64) ([]*roomserver.Event, error)
 	StateAtPos(ctx context.Context, roomID string, pos int64) ([]*roomserver.Event, error)
 	StateAtPosFiltered(ctx context.Context, roomID string, pos int64, members []string) ([]*roomserver.Event, error)
