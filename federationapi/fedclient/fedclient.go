@@ -23,6 +23,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/myelin-chat/myelin/internal/config"
+	"github.com/myelin-chat/myelin/internal/netguard"
 	"github.com/myelin-chat/myelin/internal/serverkey"
 	"github.com/myelin-chat/myelin/internal/sqldb"
 )
@@ -99,7 +100,7 @@ func New(cfg Config, db *sqldb.DB, log *slog.Logger) (*Client, error) {
 	if err := db.Migrate(context.Background(), "fedclient", sub); err != nil {
 		return nil, fmt.Errorf("migrating fedclient: %w", err)
 	}
-	guard, err := newNetGuard(cfg.AllowNetworks, cfg.DenyNetworks)
+	guard, err := netguard.New(cfg.AllowNetworks, cfg.DenyNetworks)
 	if err != nil {
 		return nil, err
 	}

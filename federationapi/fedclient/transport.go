@@ -7,80 +7,22 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/myelin-chat/myelin/internal/netguard"
 )
 
 // ErrDenied is returned (wrapped) when an outbound connection would reach an address that
-// federation_api.deny_networks forbids or federation_api.allow_networks does not allow.
-var ErrDenied = errors.New("address denied by the federation network policy")
+// federation_api.deny_networks forbids or federation_api.allow_networks does not allow. It is
+// netguard.ErrDenied, so errors.Is matches either.
+var ErrDenied = netguard.ErrDenied
 
 const (
 	dialTimeout = 10 * time.Second
 	// transportIdle is how long a per-SNI transport lives unused before it is dropped.
 	transportIdle = 5 * time.Minute
 )
-
-// netGuard decides which addresses outbound federation may connect to. Deny is checked
-// first; an empty allow list allows everything not denied.
-type netGuard struct {
-	allow, deny []netip.Prefix
-}
-
-func newNetGuard(allow, deny []string) (*netGuard, error) {
-	g := &netGuard{}
-	for _, list := range []struct {
-		in  []string
-		out *[]netip.Prefix
-	}{{allow, &g.allow}, {deny, &g.deny}} {
-		for _, s := range list.in {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("parsing network %q: %w", s, err)
-			}
-			*list.out = append(*list.out, p.Masked())
-		}
-	}
-	return g, nil
-}
-
-// allowed reports whether ip may be connected to. IPv4-mapped IPv6 addresses are judged as
-// the IPv4 address they carry, so ::ffff:10.0.0.1 is as denied as 10.0.0.1.
-func (g *netGuard) allowed(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	for _, p := range g.deny {
-		if p.Contains(ip) {
-			return false
-		}
-	}
-	if len(g.allow) == 0 {
-		return true
-	}
-	for _, p := range g.allow {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-// control runs after DNS resolution, just before connect, on the exact address being
-// dialled: checking here rather than on a name defeats DNS rebinding.
-func (g *netGuard) control(_ context.Context, network, address string, _ syscall.RawConn) error {
-	if network != "tcp4" && network != "tcp6" {
-		return fmt.Errorf("%w: network %s", ErrDenied, network)
-	}
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return fmt.Errorf("%w: unparsable address %s", ErrDenied, address)
-	}
-	if !g.allowed(ap.Addr()) {
-		return fmt.Errorf("%w: %s", ErrDenied, address)
-	}
-	return nil
-}
 
 // dialer makes the TCP connections of all outbound federation traffic, well-known lookups
 // included, applying the network policy to every address.
@@ -89,9 +31,9 @@ type dialer struct {
 	hosts map[string]string
 }
 
-func newDialer(g *netGuard, hosts map[string]string) *dialer {
+func newDialer(g *netguard.Guard, hosts map[string]string) *dialer {
 	return &dialer{
-		d:     net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second, ControlContext: g.control},
+		d:     net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second, ControlContext: g.Control},
 		hosts: hosts,
 	}
 }
