@@ -43,7 +43,7 @@ func newDirServer(t *testing.T, db *sqldb.DB, users ...string) *dirServer {
 		db, bus.NewStream(0), log)
 	testkit.Must(t, err, "starting roomserver")
 	router := httpx.NewRouter()
-	New(cfg, us, rs, nil, log).Register(router)
+	New(cfg, us, rs, nil, nil, log).Register(router)
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
 	d := &dirServer{t: t, url: srv.URL, tokens: map[string]string{}}

@@ -10,9 +10,11 @@ import (
 )
 
 func (s *Service) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
-		"flows": []map[string]string{{"type": stagePassword}},
-	})
+	flows := []map[string]string{{"type": stagePassword}}
+	if len(s.apps.Services()) > 0 {
+		flows = append(flows, map[string]string{"type": loginAppService})
+	}
+	return httpx.WriteJSON(w, http.StatusOK, map[string]any{"flows": flows})
 }
 
 type loginRequest struct {
@@ -33,7 +35,7 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 	if err := s.limit(s.logLimit, r); err != nil {
 		return err
 	}
-	if req.Type != stagePassword {
+	if req.Type != stagePassword && req.Type != loginAppService {
 		return matrix.Errorf(http.StatusBadRequest, matrix.CodeUnknown, "login type %q is not supported", req.Type)
 	}
 	who := req.User
@@ -50,7 +52,12 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return matrix.Forbidden("invalid username or password")
 	}
-	err := s.users.CheckPassword(r.Context(), userID, req.Password)
+	var err error
+	if req.Type == loginAppService {
+		err = s.checkAppServiceLogin(r, userID)
+	} else {
+		err = s.users.CheckPassword(r.Context(), userID, req.Password)
+	}
 	switch {
 	case errors.Is(err, userapi.ErrDeactivated):
 		return matrix.Errorf(http.StatusForbidden, matrix.CodeUserDeactivated, "this account has been deactivated")
@@ -67,6 +74,32 @@ func (s *Service) login(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpx.WriteJSON(w, http.StatusOK, s.sessionResponse(sess))
+}
+
+// checkAppServiceLogin checks that the request carries the as_token of an application
+// service that may log in as userID, an existing user in its user namespaces. It returns
+// 401 M_MISSING_TOKEN or M_UNKNOWN_TOKEN, 403 M_EXCLUSIVE for a user outside the
+// namespaces, and userapi.ErrNoSuchUser or ErrDeactivated.
+func (s *Service) checkAppServiceLogin(r *http.Request, userID string) error {
+	token, err := accessToken(r)
+	if err != nil {
+		return err
+	}
+	as := s.apps.ByToken(token)
+	if as == nil {
+		return matrix.Errorf(http.StatusUnauthorized, matrix.CodeUnknownToken, "unknown application service token")
+	}
+	if !as.IsInterestedInUser(userID) {
+		return matrix.Errorf(http.StatusForbidden, matrix.CodeExclusive, "%s is not in the application service's user namespaces", userID)
+	}
+	acct, err := s.users.Account(r.Context(), userID)
+	if err != nil {
+		return err
+	}
+	if acct.Deactivated {
+		return userapi.ErrDeactivated
+	}
+	return nil
 }
 
 func (s *Service) refresh(w http.ResponseWriter, r *http.Request) error {
@@ -106,7 +139,9 @@ func (s *Service) logoutAll(w http.ResponseWriter, r *http.Request, dev *userapi
 }
 
 func (s *Service) whoami(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	return httpx.WriteJSON(w, http.StatusOK, map[string]any{
-		"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest,
-	})
+	out := map[string]any{"user_id": dev.UserID, "is_guest": dev.IsGuest}
+	if dev.DeviceID != "" { // an application service acting without a device has none
+		out["device_id"] = dev.DeviceID
+	}
+	return httpx.WriteJSON(w, http.StatusOK, out)
 }

@@ -10,12 +10,17 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/userapi"
 )
 
+// loginAppService is the login and registration type of application services.
+const loginAppService = "m.login.application_service"
+
 type registerRequest struct {
+	Type                     string          `json:"type"` // m.login.application_service, or "" for the UIA flows
 	Username                 string          `json:"username"`
 	Password                 string          `json:"password"`
 	DeviceID                 string          `json:"device_id"`
@@ -51,12 +56,29 @@ func (s *Service) registrationFlows() [][]string {
 
 // checkLocalpart lower-cases a requested localpart and checks it is valid and free.
 func (s *Service) checkLocalpart(r *http.Request, name string) (string, error) {
+	return s.checkLocalpartFor(r, name, nil)
+}
+
+// checkLocalpartFor lower-cases a localpart requested by application service as (nil: by a
+// user) and checks it is valid, free and the requester's to take: a service may register
+// only users in its user namespaces and outside other services' exclusive ones, a user
+// only outside every exclusive one (400 M_EXCLUSIVE).
+func (s *Service) checkLocalpartFor(r *http.Request, name string, as *appservice.Service) (string, error) {
 	local := strings.ToLower(name)
 	if !matrix.ValidLocalpart(local) {
 		return "", matrix.Errorf(http.StatusBadRequest, matrix.CodeInvalidUsername, "user ID may contain only a-z, 0-9, and ._=-/+")
 	}
-	if len(matrix.UserID(local, s.global.ServerName)) > 255 {
+	userID := matrix.UserID(local, s.global.ServerName)
+	if len(userID) > 255 {
 		return "", matrix.Errorf(http.StatusBadRequest, matrix.CodeInvalidUsername, "user ID is longer than 255 bytes")
+	}
+	if as != nil && !as.IsInterestedInUser(userID) {
+		return "", matrix.Errorf(http.StatusBadRequest, matrix.CodeExclusive, "%s is not in the application service's user namespaces", userID)
+	}
+	for _, other := range s.apps.Services() {
+		if other != as && other.IsExclusiveUser(userID) {
+			return "", matrix.Errorf(http.StatusBadRequest, matrix.CodeExclusive, "%s is reserved by an application service", userID)
+		}
 	}
 	taken, err := s.users.Exists(r.Context(), local)
 	if err != nil {
@@ -79,6 +101,9 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 	var req registerRequest
 	if err := httpx.DecodeJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Type == loginAppService {
+		return s.registerAppServiceUser(w, r, req)
 	}
 	if err := s.limit(s.regLimit, r); err != nil {
 		return err
@@ -130,6 +155,48 @@ func (s *Service) register(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.users.DeleteUIASession(r.Context(), sess.ID)
 	s.log.Info("registered user", "user_id", userID)
+	if req.InhibitLogin {
+		return httpx.WriteJSON(w, http.StatusOK, sessionResponse{UserID: userID, HomeServer: s.global.ServerName})
+	}
+	login, err := s.users.StartSession(r.Context(), userapi.LoginRequest{
+		UserID: userID, DeviceID: req.DeviceID, DisplayName: req.InitialDeviceDisplayName,
+		Refresh: req.RefreshToken, IP: s.clientIP(r), UserAgent: r.UserAgent(),
+	})
+	if err != nil {
+		return err
+	}
+	return httpx.WriteJSON(w, http.StatusOK, s.sessionResponse(login))
+}
+
+// registerAppServiceUser registers a user for the application service whose as_token the
+// request carries, without a password or user-interactive auth, even when registration is
+// disabled. It returns 401 M_MISSING_TOKEN or M_UNKNOWN_TOKEN without a valid as_token, 400
+// M_MISSING_PARAM without a username, 400 M_EXCLUSIVE for a user outside the service's
+// namespaces or in another service's exclusive one, and 400 M_USER_IN_USE.
+func (s *Service) registerAppServiceUser(w http.ResponseWriter, r *http.Request, req registerRequest) error {
+	token, err := accessToken(r)
+	if err != nil {
+		return err
+	}
+	as := s.apps.ByToken(token)
+	if as == nil {
+		return matrix.Errorf(http.StatusUnauthorized, matrix.CodeUnknownToken, "unknown application service token")
+	}
+	if req.Username == "" {
+		return matrix.MissingParam("username is required")
+	}
+	local, err := s.checkLocalpartFor(r, req.Username, as)
+	if err != nil {
+		return err
+	}
+	userID, err := s.users.CreateAccount(r.Context(), userapi.NewAccount{Localpart: local})
+	if errors.Is(err, userapi.ErrUserInUse) {
+		return matrix.Errorf(http.StatusBadRequest, matrix.CodeUserInUse, "user ID already taken")
+	}
+	if err != nil {
+		return err
+	}
+	s.log.Info("registered user for an application service", "user_id", userID, "appservice", as)
 	if req.InhibitLogin {
 		return httpx.WriteJSON(w, http.StatusOK, sessionResponse{UserID: userID, HomeServer: s.global.ServerName})
 	}

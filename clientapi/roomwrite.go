@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -120,14 +121,34 @@ func decodeContent(r *http.Request) (json.RawMessage, error) {
 	return json.RawMessage(b), nil
 }
 
+// massagedTS returns the ts query parameter of an application service's request, the
+// origin_server_ts it asks for its event (the spec's timestamp massaging), or 0 for now.
+// Other callers' ts is ignored, as in Synapse. It returns 400 M_INVALID_PARAM for a ts that
+// is not a valid origin_server_ts.
+func massagedTS(r *http.Request) (int64, error) {
+	q := r.URL.Query()
+	if appServiceOf(r) == nil || !q.Has("ts") {
+		return 0, nil
+	}
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil || ts < 0 || ts > 1<<53-1 {
+		return 0, matrix.InvalidParam("ts must be a timestamp in milliseconds since the Unix epoch")
+	}
+	return ts, nil
+}
+
 func (s *Service) sendEvent(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
 	content, err := decodeContent(r)
 	if err != nil {
 		return err
 	}
+	ts, err := massagedTS(r)
+	if err != nil {
+		return err
+	}
 	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
 		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: httpx.Var(r, "type"), Content: content,
-		Txn: &roomserver.Txn{DeviceID: dev.DeviceID, TxnID: httpx.Var(r, "txnID")},
+		Txn: &roomserver.Txn{DeviceID: dev.DeviceID, TxnID: httpx.Var(r, "txnID")}, OriginServerTS: ts,
 	})
 	if err != nil {
 		return roomErr(err)
@@ -144,8 +165,13 @@ func (s *Service) putState(w http.ResponseWriter, r *http.Request, dev *userapi.
 	if err := s.checkCanonicalAlias(r.Context(), httpx.Var(r, "roomID"), httpx.Var(r, "type"), sk, content); err != nil {
 		return err
 	}
+	ts, err := massagedTS(r)
+	if err != nil {
+		return err
+	}
 	id, err := s.rooms.Send(r.Context(), roomserver.SendRequest{
 		RoomID: httpx.Var(r, "roomID"), Sender: dev.UserID, Type: httpx.Var(r, "type"), StateKey: &sk, Content: content,
+		OriginServerTS: ts,
 	})
 	if err != nil {
 		return roomErr(err)

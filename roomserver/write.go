@@ -50,6 +50,10 @@ type SendRequest struct {
 	Content              json.RawMessage
 	Redacts              string // for m.room.redaction
 	Txn                  *Txn   // idempotency: the same (Sender, DeviceID, TxnID) returns the first event's ID
+	// OriginServerTS is the event's origin_server_ts in milliseconds since the Unix epoch, for
+	// application services' timestamp massaging; 0 means now. It does not change the event's
+	// place in the room: the event is still appended at the tip of the DAG.
+	OriginServerTS int64
 }
 
 // Event is a stored room event.
@@ -247,7 +251,11 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (string, error) {
 				return nil
 			}
 		}
-		ev, err := s.build(ctx, tx, room, proto)
+		at := time.Time{}
+		if r.OriginServerTS != 0 {
+			at = time.UnixMilli(r.OriginServerTS)
+		}
+		ev, err := s.buildAt(ctx, tx, room, proto, at)
 		if err != nil {
 			return err
 		}
@@ -284,6 +292,14 @@ func (s *Service) advance(pos int64) {
 // and the current state, builds and signs the event, and authorises it against that state.
 // tx may be nil when the room does not exist yet (the create event).
 func (s *Service) build(ctx context.Context, tx *sqldb.Tx, room *roomRow, p *gomatrixserverlib.ProtoEvent) (ev gomatrixserverlib.PDU, err error) {
+	return s.buildAt(ctx, tx, room, p, time.Time{})
+}
+
+// buildAt is build with the event's origin_server_ts set to at (the zero time: now).
+func (s *Service) buildAt(ctx context.Context, tx *sqldb.Tx, room *roomRow, p *gomatrixserverlib.ProtoEvent, at time.Time) (ev gomatrixserverlib.PDU, err error) {
+	if at.IsZero() {
+		at = time.Now()
+	}
 	defer func() {
 		if rec := recover(); rec != nil {
 			ev, err = nil, fmt.Errorf("building %s event: gomatrixserverlib panicked: %v", p.Type, rec)
@@ -334,7 +350,7 @@ func (s *Service) build(ctx context.Context, tx *sqldb.Tx, room *roomRow, p *gom
 	if err := eb.AddAuthEvents(provider); err != nil {
 		return nil, matrix.BadJSON("invalid %s event: %v", p.Type, err)
 	}
-	ev, err = eb.Build(time.Now(), spec.ServerName(s.cfg.ServerName), s.cfg.KeyID, s.cfg.PrivateKey)
+	ev, err = eb.Build(at, spec.ServerName(s.cfg.ServerName), s.cfg.KeyID, s.cfg.PrivateKey)
 	if err != nil {
 		var ve gomatrixserverlib.EventValidationError
 		if errors.As(err, &ve) && ve.Code == gomatrixserverlib.EventValidationTooLarge {

@@ -19,6 +19,7 @@ type Config struct {
 	// Version is the config format version; it must be 2, Dendrite's current format.
 	Version       int           `yaml:"version"`
 	Global        Global        `yaml:"global"`
+	AppServiceAPI AppServiceAPI `yaml:"app_service_api"`
 	ClientAPI     ClientAPI     `yaml:"client_api"`
 	FederationAPI FederationAPI `yaml:"federation_api"`
 	MediaAPI      MediaAPI      `yaml:"media_api"`
@@ -108,6 +109,13 @@ type BasicAuth struct {
 	Username string `yaml:"username"`
 	// Password is the required password.
 	Password string `yaml:"password"`
+}
+
+// AppServiceAPI is the "app_service_api" section.
+type AppServiceAPI struct {
+	// ConfigFiles are the application service registration files (YAML, in the format of
+	// the Application Service API), relative to the working directory.
+	ConfigFiles []string `yaml:"config_files"`
 }
 
 // ClientAPI is the "client_api" section.

@@ -350,6 +350,11 @@ func TestParseWarnings(t *testing.T) {
 			want: []string{"room_server.database"},
 		},
 		{
+			name: "application service keys Myelin does not use",
+			yaml: minimal + "app_service_api:\n  disable_tls_validation: false\n  legacy_auth: false\n  legacy_paths: false\n  config_files: [a.yaml]\n",
+			want: []string{"app_service_api.disable_tls_validation", "app_service_api.legacy_auth", "app_service_api.legacy_paths"},
+		},
+		{
 			name: "registration left unset",
 			yaml: "global:\n  server_name: example.com\n",
 			want: []string{"client_api.registration_disabled"},
@@ -395,6 +400,7 @@ func TestParseAppliesOverDefaults(t *testing.T) {
 		"  auto_join_rooms: ['#a:example.com']\n" +
 		"media_api:\n  thumbnail_sizes:\n    - {width: 1, height: 2, method: scale}\n" + // replaces the list
 		"federation_api:\n  deny_networks:\n" + // null empties the list
+		"app_service_api:\n  config_files: [irc.yaml, /etc/slack.yaml]\n" +
 		"logging:\n  - type: file\n    level: debug\n    params: {path: ./logs, extra: 1}\n"))
 	if err != nil {
 		t.Fatalf("got error\n%v\nwant none", err)
@@ -405,6 +411,7 @@ func TestParseAppliesOverDefaults(t *testing.T) {
 	want.UserAPI.AutoJoinRooms = []string{"#a:example.com"}
 	want.MediaAPI.ThumbnailSizes = []ThumbnailSize{{Width: 1, Height: 2, Method: "scale"}}
 	want.FederationAPI.DenyNetworks = nil
+	want.AppServiceAPI.ConfigFiles = []string{"irc.yaml", "/etc/slack.yaml"}
 	want.Logging = []Logging{{Type: "file", Level: "debug", Params: map[string]any{"path": "./logs", "extra": 1}}}
 	if got, want := bare(c), bare(want); !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
@@ -593,6 +600,9 @@ func TestValidate(t *testing.T) {
 		{"well-known client without scheme", func(c *Config) {
 			c.Global.WellKnownClientName = "matrix.example.com"
 		}, []string{"global.well_known_client_name"}},
+		{"empty application service path", func(c *Config) {
+			c.AppServiceAPI.ConfigFiles = []string{"irc.yaml", " "}
+		}, []string{"app_service_api.config_files[1]"}},
 		{"zero rate limit threshold", func(c *Config) { c.ClientAPI.RateLimiting.Threshold = 0 }, []string{"client_api.rate_limiting.threshold"}},
 		{"zero rate limit cooloff", func(c *Config) { c.ClientAPI.RateLimiting.CooloffMS = 0 }, []string{"client_api.rate_limiting.cooloff_ms"}},
 		{"zero threshold with rate limiting off", func(c *Config) {

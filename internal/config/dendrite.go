@@ -49,7 +49,7 @@ func newDendriteSchema() *dendriteSchema {
 	s.leaves("global.cache", notUsedYet, "max_size_estimated", "max_age")
 	s.opaque("global.kafka", notUsedOld)
 
-	s.leaves("app_service_api", notUsedYet, "disable_tls_validation", "legacy_auth", "legacy_paths", "config_files")
+	s.leaves("app_service_api", notUsedYet, "disable_tls_validation", "legacy_auth", "legacy_paths")
 	s.opaque("app_service_api.database", notUsedDB)
 	s.opaque("app_service_api.internal_api", notUsedHTTP)
 

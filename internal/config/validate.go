@@ -19,6 +19,7 @@ import (
 //   - global.database.connection_string starts with "file:" (with a path),
 //     "postgres://" or "postgresql://";
 //   - global.well_known_client_name, when set, is an http:// or https:// URL;
+//   - app_service_api.config_files has no empty path (the files are read by appservice.Load);
 //   - client_api.rate_limiting threshold and cooloff_ms are positive when enabled;
 //   - federation_api.allow_networks and deny_networks are CIDRs;
 //   - media_api.base_path is set, max_file_size_bytes and max_thumbnail_generators are
@@ -57,6 +58,11 @@ func (c *Config) Validate() error {
 	v.connectionString("global.database.connection_string", g.Database)
 	if u := g.WellKnownClientName; u != "" && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
 		v.add("global.well_known_client_name", "must start with https:// or http://, got %q", u)
+	}
+	for i, f := range c.AppServiceAPI.ConfigFiles {
+		if strings.TrimSpace(f) == "" {
+			v.add(fmt.Sprintf("app_service_api.config_files[%d]", i), "must be a path, got an empty one")
+		}
 	}
 
 	if rl := c.ClientAPI.RateLimiting; rl.Enabled {

@@ -35,6 +35,7 @@ const (
 	CodeInvalidParam         = "M_INVALID_PARAM"
 	CodeTooLarge             = "M_TOO_LARGE"
 	CodeExclusive            = "M_EXCLUSIVE"
+	CodeUnknownDevice        = "M_UNKNOWN_DEVICE"
 	CodeWeakPassword         = "M_WEAK_PASSWORD"
 	CodeThreepidInUse        = "M_THREEPID_IN_USE"
 	CodeThreepidNotFound     = "M_THREEPID_NOT_FOUND"
