@@ -291,7 +291,10 @@ func (s *Service) messages(ctx context.Context, dev *userapi.Device, req *messag
 	if resp.Chunk == nil {
 		resp.Chunk = []matrix.ClientEvent{}
 	}
-	if pg.more {
+	// As Synapse does, a page with events carries an end token even when it reached the
+	// start of the room (the next page is then empty); Complement relies on it. A page that
+	// stopped at `to` has none.
+	if pg.more || (len(pg.client) > 0 && req.to == nil) {
 		resp.End = historyToken(pg.next)
 	}
 	if req.filter != nil && req.filter.LazyLoadMembers && len(pg.events) > 0 {
