@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/clientapi"
 	"github.com/myelin-chat/myelin/federationapi"
 	"github.com/myelin-chat/myelin/federationapi/fedclient"
@@ -33,6 +35,7 @@ import (
 	"github.com/myelin-chat/myelin/internal/sqldb"
 	"github.com/myelin-chat/myelin/internal/tlsutil"
 	"github.com/myelin-chat/myelin/mediaapi"
+	"github.com/myelin-chat/myelin/mediaapi/blob"
 	"github.com/myelin-chat/myelin/roomserver"
 	"github.com/myelin-chat/myelin/syncapi"
 	"github.com/myelin-chat/myelin/userapi"
@@ -90,6 +93,9 @@ func loadConfig(f flags) (*config.Config, error) {
 			cfg.Global.ServerName = name
 		}
 		cfg.Myelin.Listen = ":8008"
+		// Complement copies the blueprint's application service registrations here.
+		regs, _ := filepath.Glob("/complement/appservice/*.yaml")
+		cfg.AppServiceAPI.ConfigFiles = append(cfg.AppServiceAPI.ConfigFiles, regs...)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -165,7 +171,14 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
-	client := clientapi.New(cfg, users, rooms, remote, log.With("component", "clientapi"))
+	apps, err := appservice.Load(cfg.AppServiceAPI.ConfigFiles, cfg.Global.ServerName)
+	if err != nil {
+		return err
+	}
+	client := clientapi.New(cfg, users, rooms, remote, apps, log.With("component", "clientapi"))
+	if err := client.CreateAppServiceSenders(ctx); err != nil {
+		return err
+	}
 	syncer, err := syncapi.New(db, rooms, users, client.Authenticate, syncapi.Streams{
 		Rooms: roomEvents, AccountData: accountData,
 		Receipts: bus.NewStream(0), Presence: bus.NewStream(0),
@@ -185,6 +198,27 @@ func run(f flags) error {
 	if err != nil {
 		return err
 	}
+
+	blobs, err := blob.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	media, err := mediaapi.New(cfg, mediaapi.Deps{
+		DB: db, Blobs: blobs,
+		Authenticate: func(r *http.Request) (string, error) {
+			dev, err := client.Authenticate(r)
+			if err != nil {
+				return "", err
+			}
+			return dev.UserID, nil
+		},
+		VerifyFederation: inbound.Verify, Federation: fedc.Federation(), Key: key,
+		Log: log.With("component", "mediaapi"),
+	})
+	if err != nil {
+		return err
+	}
+	defer media.Close()
 
 	outbound, err := sender.New(sender.Config{ServerName: cfg.Global.ServerName}, db, rooms, fedc.Federation(), roomEvents,
 		syncer, log.With("component", "sender"))
@@ -213,7 +247,7 @@ func run(f flags) error {
 	syncer.Register(router)
 	fed.Register(router)
 	inbound.Register(router)
-	mediaapi.Register(router)
+	media.Register(router)
 	handler := httpx.CORS(router)
 
 	var servers []*http.Server
