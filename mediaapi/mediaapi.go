@@ -123,7 +123,30 @@ func New(cfg *config.Config, d Deps) (*Service, error) {
 			return nil, fmt.Errorf("creating URL previewer: %w", err)
 		}
 	}
+	s.bg.Add(1)
+	go s.sweepExpired(time.Hour)
 	return s, nil
+}
+
+// sweepExpired forgets expired media ID reservations every interval until Close, so IDs
+// that were never uploaded to do not pile up.
+func (s *Service) sweepExpired(interval time.Duration) {
+	defer s.bg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.bgCtx.Done():
+			return
+		case <-t.C:
+			n, err := s.db.deleteExpiredPending(s.bgCtx, s.now().UnixMilli())
+			if err != nil && s.bgCtx.Err() == nil {
+				s.log.Warn("forgetting expired media IDs failed", "err", err)
+			} else if n > 0 {
+				s.log.Debug("forgot expired media IDs", "count", n)
+			}
+		}
+	}
 }
 
 // Close stops background thumbnail generation and waits for it to end.

@@ -387,6 +387,12 @@ func TestAsyncUpload(t *testing.T) {
 		if _, r := create(alice); r.status != 200 {
 			t.Fatalf("create after expiry: got %d %s", r.status, r.body)
 		}
+		// The sweep forgets Bob's expired ID, and nothing else.
+		n, err := e.svc.db.deleteExpiredPending(context.Background(), e.now.Load())
+		testkit.Must(t, err, "sweeping expired IDs")
+		if n != 1 {
+			t.Errorf("sweep forgot %d IDs; want Bob's one", n)
+		}
 	})
 }
 

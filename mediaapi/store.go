@@ -67,6 +67,16 @@ func (s store) putMedia(ctx context.Context, m *media) error {
 	return err
 }
 
+// deleteExpiredPending forgets every pending media ID that expired by now (ms) and returns
+// how many there were.
+func (s store) deleteExpiredPending(ctx context.Context, now int64) (int64, error) {
+	res, err := s.db.Exec(ctx, `DELETE FROM media WHERE content_hash IS NULL AND expires_ts <= $1`, now)
+	if err != nil {
+		return 0, fmt.Errorf("forgetting expired media IDs: %w", err)
+	}
+	return res.RowsAffected()
+}
+
 // createPending records a pending media ID for userID unless the user already holds max
 // unexpired ones (errTooManyPending, with the earliest expiry) — one transaction. Expired
 // pending IDs are forgotten on the way.
