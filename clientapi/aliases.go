@@ -12,6 +12,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/sqldb"
@@ -78,6 +79,9 @@ func (s *Service) putAlias(w http.ResponseWriter, r *http.Request, dev *userapi.
 // room, 403 when not joined, 409 when the alias exists.
 func (s *Service) createAlias(ctx context.Context, userID, alias, roomID string) error {
 	if err := s.localAlias(alias); err != nil {
+		return err
+	}
+	if err := s.aliasNotExclusive(ctx, alias); err != nil {
 		return err
 	}
 	if roomID == "" {
@@ -418,6 +422,9 @@ func (s *Service) newRoomAlias(ctx context.Context, name string) (string, error)
 	if err := s.localAlias(alias); err != nil {
 		return "", err
 	}
+	if err := s.aliasNotExclusive(ctx, alias); err != nil {
+		return "", err
+	}
 	_, _, err := s.rooms.Alias(ctx, alias)
 	if err == nil {
 		return "", matrix.Errorf(http.StatusBadRequest, matrix.CodeRoomInUse, "room alias %s is already taken", alias)
@@ -426,6 +433,19 @@ func (s *Service) newRoomAlias(ctx context.Context, name string) (string, error)
 		return "", err
 	}
 	return alias, nil
+}
+
+// aliasNotExclusive returns 400 M_EXCLUSIVE when alias lies in an application service's
+// exclusive alias namespace and the request (its context) was not made by that service.
+func (s *Service) aliasNotExclusive(ctx context.Context, alias string) error {
+	owner := s.apps.ExclusiveAliasOwner(alias)
+	if owner == nil {
+		return nil
+	}
+	if as, _ := ctx.Value(appServiceKey).(*appservice.Service); as == owner {
+		return nil
+	}
+	return matrix.Errorf(http.StatusBadRequest, matrix.CodeExclusive, "room alias %s is reserved by an application service", alias)
 }
 
 // finishNewRoom creates the alias createRoom asked for (alias "" for none) and publishes

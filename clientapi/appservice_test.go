@@ -30,7 +30,9 @@ namespaces:
   users:
     - exclusive: true
       regex: "@_bridge_.*"
-  aliases: []
+  aliases:
+    - exclusive: true
+      regex: "#_bridge_.*"
   rooms: []
 `
 
@@ -247,6 +249,16 @@ func TestAppServiceHTTP(t *testing.T) {
 		if again := d.must("as", "PUT", "/rooms/"+room+"/send/m.room.message/again"+q("ts", "1641168000000"), msg)["event_id"]; again != first {
 			t.Errorf("repeated transaction: got %v then %v; want the same event", first, again)
 		}
+		// Exclusive alias namespace: closed to users, open to the bridge.
+		alias := func(a string) string { return "/directory/room/" + url.PathEscape(a) }
+		if status, out := d.do("alice", "PUT", alias("#_bridge_x:test.local"), map[string]string{"room_id": room}); status != 400 || out["errcode"] != "M_EXCLUSIVE" {
+			t.Errorf("user claims a bridge alias: got %d %v; want 400 M_EXCLUSIVE", status, out)
+		}
+		if status, out := d.do("alice", "POST", "/createRoom", map[string]string{"room_alias_name": "_bridge_y"}); status != 400 || out["errcode"] != "M_EXCLUSIVE" {
+			t.Errorf("user creates a room with a bridge alias: got %d %v; want 400 M_EXCLUSIVE", status, out)
+		}
+		d.must("as", "PUT", alias("#_bridge_x:test.local"), map[string]string{"room_id": room})
+		d.must("alice", "PUT", alias("#plain:test.local"), map[string]string{"room_id": room})
 		for _, bad := range []string{"yesterday", "-1", "9007199254740992", "1.5"} {
 			if status, out := d.do("as", "PUT", "/rooms/"+room+"/send/m.room.message/bad"+q("ts", bad), msg); status != 400 || out["errcode"] != "M_INVALID_PARAM" {
 				t.Errorf("ts=%s: got %d %v; want 400 M_INVALID_PARAM", bad, status, out)

@@ -226,7 +226,9 @@ func (s *Service) remoteServers(ctx context.Context, roomID, userID string, via 
 }
 
 // storeRemoteJoin stores the auth chain and state of a remote join as outliers and persists
-// the join event on that state.
+// the join event on that state. It consumes j.Events: once they are stored it drops them, so
+// that the state is not held in memory a second time while the join's snapshot is built
+// from the database.
 func (s *Service) storeRemoteJoin(ctx context.Context, j *RemoteJoin) error {
 	stored := map[string]bool{}
 	errs, err := s.InputOutliers(ctx, j.Events)
@@ -247,6 +249,7 @@ func (s *Service) storeRemoteJoin(ctx context.Context, j *RemoteJoin) error {
 			return fmt.Errorf("storing state event %s: %w", ev.EventID(), err)
 		}
 	}
+	j.Events, errs = nil, nil
 	state := make([]string, 0, len(j.State))
 	for _, id := range j.State {
 		if stored[id] {

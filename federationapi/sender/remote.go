@@ -119,15 +119,60 @@ func (r *Remote) Join(ctx context.Context, server, roomID, userID string, conten
 	if ferr != nil {
 		return nil, remoteErr(ferr.Err)
 	}
-	ver := res.JoinEvent.Version()
-	j := &roomserver.RemoteJoin{
-		Event:  res.JoinEvent,
-		Events: gomatrixserverlib.LineariseStateResponse(ver, res.StateSnapshot),
+	return linearise(res)
+}
+
+// linearise turns the checked send_join response into a RemoteJoin, as gmsl's
+// LineariseStateResponse does (auth chain and state, each event once, after its auth events),
+// but parsing each event once and holding it once: the response's JSON is dropped event by
+// event as it is parsed, and each event is compacted (see compact), so the room's state is
+// not pinned twice while roomserver stores it.
+func linearise(res *gomatrixserverlib.PerformJoinResponse) (*roomserver.RemoteJoin, error) {
+	ver, err := gomatrixserverlib.GetRoomVersion(res.JoinEvent.Version())
+	if err != nil {
+		return nil, err
 	}
-	for _, ev := range res.StateSnapshot.GetStateEvents().UntrustedEvents(ver) {
-		j.State = append(j.State, ev.EventID())
+	join, err := compact(ver, res.JoinEvent)
+	if err != nil {
+		return nil, err
 	}
+	auth, state := res.StateSnapshot.GetAuthEvents(), res.StateSnapshot.GetStateEvents()
+	byID := make(map[string]gomatrixserverlib.PDU, len(auth)+len(state))
+	j := &roomserver.RemoteJoin{Event: join, State: make([]string, 0, len(state))}
+	for k, list := range []gomatrixserverlib.EventJSONs{auth, state} {
+		for i, js := range list {
+			list[i] = nil // the parsed event replaces it
+			ev, err := ver.NewEventFromUntrustedJSON(js)
+			if ve, ok := err.(gomatrixserverlib.EventValidationError); err != nil && !(ok && ve.Persistable) {
+				continue // as gmsl's EventJSONs.UntrustedEvents
+			}
+			if ev, err = compact(ver, ev); err != nil {
+				return nil, err
+			}
+			byID[ev.EventID()] = ev
+			if k == 1 {
+				j.State = append(j.State, ev.EventID())
+			}
+		}
+	}
+	all := make([]gomatrixserverlib.PDU, 0, len(byID))
+	for _, ev := range byID {
+		all = append(all, ev)
+	}
+	j.Events = gomatrixserverlib.ReverseTopologicalOrdering(all, gomatrixserverlib.TopologicalOrderByAuthEvents)
 	return j, nil
+}
+
+// compact returns ev re-parsed from its own canonical JSON. gmsl's untrusted parse keeps
+// content and unsigned as slices of the JSON it was given (spec.RawJSON does not copy), which
+// for a send_join response is the whole response body or gmsl's checked copy of it: the
+// compacted event holds only its own JSON.
+func compact(ver gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) (gomatrixserverlib.PDU, error) {
+	out, err := ver.NewEventFromTrustedJSONWithEventID(ev.EventID(), ev.JSON(), ev.Redacted())
+	if err != nil {
+		return nil, fmt.Errorf("re-parsing event %s: %w", ev.EventID(), err)
+	}
+	return out, nil
 }
 
 // eventProvider fetches auth events missing from a send_join response from server. It returns
