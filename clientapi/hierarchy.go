@@ -37,10 +37,7 @@ type hierarchyResponse struct {
 }
 
 func (s *Service) hierarchy(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
-	rooms, ok := s.rooms.(hierarchyRooms)
-	if !ok {
-		return matrix.Errorf(http.StatusNotFound, matrix.CodeUnrecognized, "space hierarchy is not supported")
-	}
+	rooms := s.rooms
 	q := r.URL.Query()
 	req := roomserver.HierarchyRequest{RoomID: httpx.Var(r, "roomID"), UserID: dev.UserID, MaxDepth: -1, From: q.Get("from")}
 	if v := q.Get("suggested_only"); v != "" {

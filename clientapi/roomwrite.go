@@ -36,6 +36,7 @@ type Rooms interface {
 	RemoteAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
 	Directory
 	roomReader
+	hierarchyRooms
 }
 
 func (s *Service) registerRooms(c httpx.Prefix) {

@@ -32,10 +32,7 @@ type fedHierarchyResponse struct {
 }
 
 func (in *Inbound) hierarchy(w http.ResponseWriter, r *http.Request, req *fedRequest) error {
-	rooms, ok := in.rooms.(hierarchyRooms)
-	if !ok {
-		return matrix.Errorf(http.StatusNotFound, matrix.CodeUnrecognized, "space hierarchy is not supported")
-	}
+	rooms := in.rooms
 	roomID := httpx.Var(r, "roomID")
 	suggested := false
 	if v := r.URL.Query().Get("suggested_only"); v != "" {

@@ -55,6 +55,8 @@ type Rooms interface {
 	Alias(ctx context.Context, alias string) (roomID, creator string, err error)
 	PublicRooms(ctx context.Context, req roomserver.PublicRoomsRequest) (*roomserver.PublicRoomsPage, error)
 	StoreOutOfBandMembership(ctx context.Context, ev gomatrixserverlib.PDU, stripped []json.RawMessage) (int64, error)
+	hierarchyRooms
+	timestampRooms
 }
 
 // Users is what the federation handlers need of the user API.

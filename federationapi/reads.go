@@ -182,14 +182,10 @@ func (in *Inbound) timestampToEvent(w http.ResponseWriter, r *http.Request, req 
 	if dir != "b" && dir != "f" {
 		return matrix.InvalidParam("dir must be b or f")
 	}
-	tr, ok := in.rooms.(timestampRooms)
-	if !ok {
-		return matrix.Unrecognized(http.StatusNotFound)
-	}
 	if err := in.checkRoomReader(r.Context(), roomID, req.origin); err != nil {
 		return err
 	}
-	ev, err := tr.EventNearTimestamp(r.Context(), roomID, ts, dir == "b")
+	ev, err := in.rooms.EventNearTimestamp(r.Context(), roomID, ts, dir == "b")
 	if err != nil {
 		return err
 	}

@@ -155,21 +155,19 @@ func (s *Service) timestampToEvent(ctx context.Context, userID, roomID string, t
 		return nil, err
 	}
 	// Other servers may hold closer history: before this server joined, or in a gap.
-	if r, ok := s.rooms.(remoteTimestamps); ok {
-		ask := ev == nil
-		if ev != nil && !backward {
-			if ask, err = r.GapBefore(ctx, ev); err != nil {
-				return nil, err
-			}
+	ask := ev == nil
+	if ev != nil && !backward {
+		if ask, err = s.rooms.GapBefore(ctx, ev); err != nil {
+			return nil, err
 		}
-		if ask {
-			remote, rerr := r.RemoteEventNearTimestamp(ctx, roomID, ts, backward)
-			if rerr != nil && !errors.Is(rerr, sqldb.ErrNotFound) {
-				return nil, rerr
-			}
-			if remote != nil && (ev == nil || remote.PDU.OriginServerTS() <= ev.PDU.OriginServerTS()) {
-				ev = remote
-			}
+	}
+	if ask {
+		remote, rerr := s.rooms.RemoteEventNearTimestamp(ctx, roomID, ts, backward)
+		if rerr != nil && !errors.Is(rerr, sqldb.ErrNotFound) {
+			return nil, rerr
+		}
+		if remote != nil && (ev == nil || remote.PDU.OriginServerTS() <= ev.PDU.OriginServerTS()) {
+			ev = remote
 		}
 	}
 	if ev == nil {

@@ -112,14 +112,12 @@ func (s *Service) paginate(ctx context.Context, p pageRequest) (page, error) {
 		// Going back, fetch from other servers the history missing before these events; it
 		// lands below every position read so far, so the next batches reach it.
 		if p.backward && !cut {
-			if f, ok := s.rooms.(gapFiller); ok {
-				filled, err := f.FillGaps(ctx, p.roomID, batch)
-				if err != nil {
-					return page{}, err
-				}
-				if filled {
-					exhausted = false
-				}
+			filled, err := s.rooms.FillGaps(ctx, p.roomID, batch)
+			if err != nil {
+				return page{}, err
+			}
+			if filled {
+				exhausted = false
 			}
 		}
 		var candidates []*roomserver.Event

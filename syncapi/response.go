@@ -550,8 +550,8 @@ func (b *builder) timeline(ctx context.Context, roomID string, after, upTo int64
 		// A timeline does not span a gap in the room's history (events this server has not
 		// fetched): it starts after the gap, limited, and /messages backfills it.
 		var gaps map[string]bool
-		if gf, ok := b.s.rooms.(gapFinder); ok && len(kept) > 0 {
-			if gaps, err = gf.GapsBefore(ctx, kept); err != nil {
+		if len(kept) > 0 {
+			if gaps, err = b.s.rooms.GapsBefore(ctx, kept); err != nil {
 				return res, err
 			}
 		}

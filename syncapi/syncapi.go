@@ -52,6 +52,9 @@ type Rooms interface {
 	JoinedMembers(ctx context.Context, roomID string) ([]string, error)
 	Event(ctx context.Context, eventID string) (*roomserver.Event, error)
 	historyRooms
+	gapFinder
+	gapFiller
+	remoteTimestamps
 }
 
 // Users is what syncapi needs of userapi.
