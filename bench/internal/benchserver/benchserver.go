@@ -30,10 +30,65 @@ import (
 	"github.com/myelin-chat/myelin/internal/tlsutil"
 )
 
-// Build compiles ./cmd/myelin (run from the repository root) into dir.
+// profileHook is added to package main of ./cmd/myelin at build time (through go build -overlay,
+// so the tree is not touched): when MYELIN_BENCH_CPUPROFILE names a file, SIGUSR1 starts a CPU
+// profile and SIGUSR2 writes it there. Without that variable it does nothing.
+const profileHook = `package main
+
+import (
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+)
+
+func init() {
+	path := os.Getenv("MYELIN_BENCH_CPUPROFILE")
+	if path == "" {
+		return
+	}
+	c := make(chan os.Signal, 2)
+	signal.Notify(c, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		var f *os.File
+		for sig := range c {
+			switch {
+			case sig == syscall.SIGUSR1 && f == nil:
+				f, _ = os.Create(path + ".tmp")
+				_ = pprof.StartCPUProfile(f)
+			case sig == syscall.SIGUSR2 && f != nil:
+				pprof.StopCPUProfile()
+				_ = f.Close()
+				_ = os.Rename(path+".tmp", path)
+				f = nil
+			}
+		}
+	}()
+}
+`
+
+// Build compiles ./cmd/myelin (run from the repository root) into dir, with a dormant CPU
+// profiling hook (see Options.CPUProfile).
 func Build(dir string) (string, error) {
 	bin := filepath.Join(dir, "myelin")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/myelin")
+	root, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	hook := filepath.Join(dir, "benchprofile.go")
+	if err := os.WriteFile(hook, []byte(profileHook), 0o600); err != nil {
+		return "", err
+	}
+	overlay, err := json.Marshal(map[string]any{"Replace": map[string]string{
+		filepath.Join(root, "cmd", "myelin", "zz_benchprofile.go"): hook}})
+	if err != nil {
+		return "", err
+	}
+	ovPath := filepath.Join(dir, "overlay.json")
+	if err := os.WriteFile(ovPath, overlay, 0o600); err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "build", "-overlay", ovPath, "-o", bin, "./cmd/myelin")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -84,6 +139,7 @@ type Options struct {
 	Dir        string // data folder, config and log
 	Database   string // connection string; "" for SQLite in Dir
 	Federation *CA    // when set: HTTPS federation on a fixed port, named after it
+	CPUProfile string // when set: StartProfile and StopProfile write a CPU profile here (binary from Build)
 }
 
 // Server is a running myelin process.
@@ -92,6 +148,7 @@ type Server struct {
 	URL  string // client API base URL
 	cmd  *exec.Cmd
 	log  string
+	prof string
 }
 
 // Start writes a config for o and runs bin until its client API answers.
@@ -100,9 +157,12 @@ func Start(bin string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Name: "bench.local", URL: "http://" + httpAddr, log: filepath.Join(o.Dir, "server.log")}
+	s := &Server{Name: "bench.local", URL: "http://" + httpAddr, log: filepath.Join(o.Dir, "server.log"), prof: o.CPUProfile}
 	var y strings.Builder
 	var env []string
+	if o.CPUProfile != "" {
+		env = append(env, "MYELIN_BENCH_CPUPROFILE="+o.CPUProfile)
+	}
 	if o.Federation != nil {
 		fedAddr, err := FreeAddr()
 		if err != nil {
@@ -173,6 +233,63 @@ func Start(bin string, o Options) (*Server, error) {
 func (s *Server) Stop() {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
+}
+
+// PID returns the server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// CPU returns the user plus system CPU time the server process has used so far (Linux only).
+func (s *Server) CPU() (time.Duration, error) { return ProcessCPU(s.cmd.Process.Pid) }
+
+// ProcessCPU returns the user plus system CPU time process pid has used so far, from
+// /proc/<pid>/stat (Linux only; clock ticks taken as the usual 100 per second).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; the fields after its closing parenthesis
+	// start with field 3, so utime and stime (fields 14 and 15) are at 11 and 12 there.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * (time.Second / 100), nil
+}
+
+// StartProfile starts a CPU profile of the server (Options.CPUProfile must be set).
+func (s *Server) StartProfile() error {
+	if s.prof == "" {
+		return errors.New("no CPUProfile in the server's options")
+	}
+	return s.cmd.Process.Signal(syscall.SIGUSR1)
+}
+
+// StopProfile ends the CPU profile and waits until the server has written it.
+func (s *Server) StopProfile() error {
+	if s.prof == "" {
+		return errors.New("no CPUProfile in the server's options")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(s.prof); err == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("the server wrote no CPU profile (built without the hook?)")
 }
 
 // Memory returns the process's resident set now and its peak so far, in bytes (Linux only).
