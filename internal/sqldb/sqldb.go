@@ -81,6 +81,8 @@ type DB struct {
 	r       *sql.DB // SQLite readers, or the same PostgreSQL pool
 	pool    *pgxpool.Pool
 	queries sync.Map // query text → rewritten text (SQLite)
+	// ws and rs cache prepared statements of w and r (SQLite only; nil for PostgreSQL).
+	ws, rs *stmts
 }
 
 // Open connects to the database named by conn: "file:path" for SQLite (the file and its folder
@@ -138,12 +140,11 @@ func openSQLite(ctx context.Context, conn string, opts Options) (*DB, error) {
 		n = 8
 	}
 	r.SetMaxOpenConns(n)
-	idle := n
-	if opts.MaxIdleConns > 0 && opts.MaxIdleConns < n {
-		idle = opts.MaxIdleConns
-	}
-	r.SetMaxIdleConns(idle)
-	return &DB{dialect: SQLite, w: w, r: r}, nil
+	// Every reader stays open: an SQLite connection is cheap to keep and costly to reopen
+	// (the schema is read again and cached statements are prepared again), so
+	// database.max_idle_conns, a PostgreSQL setting, does not apply.
+	r.SetMaxIdleConns(n)
+	return &DB{dialect: SQLite, w: w, r: r, ws: newStmts(w), rs: newStmts(r)}, nil
 }
 
 func openPostgres(ctx context.Context, conn string, opts Options) (*DB, error) {
@@ -184,7 +185,7 @@ func (db *DB) Dialect() Dialect { return db.dialect }
 // Close closes every connection.
 func (db *DB) Close() error {
 	if db.dialect == SQLite {
-		return errors.Join(db.r.Close(), db.w.Close())
+		return errors.Join(db.rs.close(), db.ws.close(), db.r.Close(), db.w.Close())
 	}
 	err := db.w.Close()
 	db.pool.Close()
@@ -193,38 +194,79 @@ func (db *DB) Close() error {
 
 // Exec runs a statement that writes.
 func (db *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return db.w.ExecContext(ctx, db.rebind(q), args...)
+	q = db.rebind(q)
+	if st := db.ws.get(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return db.w.ExecContext(ctx, q, args...)
 }
 
 // Query runs a read-only query.
 func (db *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return db.r.QueryContext(ctx, db.rebind(q), args...)
+	q = db.rebind(q)
+	if st := db.rs.get(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return db.r.QueryContext(ctx, q, args...)
 }
 
 // QueryRow runs a read-only query that returns at most one row.
 func (db *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return db.r.QueryRowContext(ctx, db.rebind(q), args...)
+	q = db.rebind(q)
+	if st := db.rs.get(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return db.r.QueryRowContext(ctx, q, args...)
 }
 
 // Tx is a write transaction.
 type Tx struct {
 	tx *sql.Tx
 	db *DB
+	// uncached are the queries run without a cached statement, prepared after the
+	// transaction (the writer's only connection is the transaction's until then).
+	uncached []string
 }
 
 // Exec runs a statement inside the transaction.
 func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return t.tx.ExecContext(ctx, t.db.rebind(q), args...)
+	q = t.db.rebind(q)
+	if st := t.stmt(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, q, args...)
+}
+
+// stmt returns the writer's cached statement for q bound to the transaction (prepared on
+// its connection already, so nothing is prepared again), or nil when q is not cached yet.
+func (t *Tx) stmt(ctx context.Context, q string) *sql.Stmt {
+	if t.db.ws == nil {
+		return nil
+	}
+	st := t.db.ws.cached(q)
+	if st == nil {
+		t.uncached = append(t.uncached, q)
+		return nil
+	}
+	return t.tx.StmtContext(ctx, st)
 }
 
 // Query runs a query inside the transaction.
 func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return t.tx.QueryContext(ctx, t.db.rebind(q), args...)
+	q = t.db.rebind(q)
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, q, args...)
 }
 
 // QueryRow runs a one-row query inside the transaction.
 func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return t.tx.QueryRowContext(ctx, t.db.rebind(q), args...)
+	q = t.db.rebind(q)
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, q, args...)
 }
 
 // WithTx runs fn in a write transaction, committing if it returns nil and rolling back
@@ -234,7 +276,13 @@ func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
-	if err := fn(&Tx{tx: tx, db: db}); err != nil {
+	t := &Tx{tx: tx, db: db}
+	defer func() {
+		if len(t.uncached) > 0 {
+			db.ws.prepareLater(t.uncached)
+		}
+	}()
+	if err := fn(t); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
