@@ -2,6 +2,7 @@ package roomserver
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -216,6 +217,118 @@ func eventsByNID(ctx context.Context, q querier, nids []int64) (map[int64]*Event
 // matter once per distinct snapshot, not once per event, and the user's membership history
 // only when a shared room needs it.
 func (s *Service) VisibleEvents(ctx context.Context, userID string, evs []*Event) ([]*Event, []string, error) {
+	if len(evs) == 0 {
+		return nil, nil, nil
+	}
+	joined, err := s.joinedThrough(ctx, userID, evs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(joined) == 0 {
+		return s.visibleEvents(ctx, userID, evs)
+	}
+	// Judge the others by their state, then merge, keeping evs' order.
+	var rest []*Event
+	for _, e := range evs {
+		if !joined[e] {
+			rest = append(rest, e)
+		}
+	}
+	restVis, restMs, err := s.visibleEvents(ctx, userID, rest)
+	if err != nil {
+		return nil, nil, err
+	}
+	restMember := make(map[*Event]string, len(restVis))
+	for i, e := range restVis {
+		restMember[e] = restMs[i]
+	}
+	out := make([]*Event, 0, len(evs))
+	memberships := make([]string, 0, len(evs))
+	for _, e := range evs {
+		if joined[e] {
+			out, memberships = append(out, e), append(memberships, spec.Join)
+		} else if m, ok := restMember[e]; ok {
+			out, memberships = append(out, e), append(memberships, m)
+		}
+	}
+	return out, memberships, nil
+}
+
+// joinedThrough returns the events of evs that userID certainly sees because they were
+// joined when the event was made: events this server made after the user's current
+// membership, a join, was stored. This server builds its events on the room's forward
+// extremities, so such an event descends from that join and the state before it has the
+// user joined, whatever the history visibility. It is the fast path of VisibleEvents for
+// the common case, new messages to a joined member, and costs one indexed lookup per
+// room instead of reading two state entries per event through the snapshot chain. The
+// user's own membership events are left to the full rules.
+func (s *Service) joinedThrough(ctx context.Context, userID string, evs []*Event) (map[*Event]bool, error) {
+	type since struct {
+		joined bool
+		pos    int64
+	}
+	rooms := map[string]since{}
+	var out map[*Event]bool
+	for _, e := range evs {
+		if e.StreamPos == 0 || !s.isLocalSender(string(e.PDU.SenderID())) {
+			continue
+		}
+		if e.PDU.Type() == spec.MRoomMember && e.PDU.StateKeyEquals(userID) {
+			continue
+		}
+		roomID := e.PDU.RoomID().String()
+		r, ok := rooms[roomID]
+		if !ok {
+			m, pos, err := s.currentMembershipPos(ctx, roomID, userID)
+			if err != nil {
+				return nil, err
+			}
+			r = since{joined: m == spec.Join, pos: pos}
+			rooms[roomID] = r
+		}
+		if r.joined && r.pos < e.StreamPos {
+			if out == nil {
+				out = map[*Event]bool{}
+			}
+			out[e] = true
+		}
+	}
+	return out, nil
+}
+
+// isLocalSender reports whether a user ID belongs to this server.
+func (s *Service) isLocalSender(userID string) bool {
+	_, domain, ok := strings.Cut(userID, ":")
+	return ok && domain == s.cfg.ServerName
+}
+
+// currentMembershipPos returns userID's current membership in roomID and the stream
+// position of the event that set it ("" and 0 when none).
+func (s *Service) currentMembershipPos(ctx context.Context, roomID, userID string) (string, int64, error) {
+	ri, err := s.roomInfo(ctx, roomID)
+	if errors.Is(err, sqldb.ErrNotFound) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	var (
+		m   string
+		pos int64
+	)
+	err = s.db.QueryRow(ctx, `SELECT m.membership, e.stream_pos FROM memberships m JOIN events e ON e.event_nid = m.event_nid
+		WHERE m.room_nid = $1 AND m.user_id = $2`, ri.nid, userID).Scan(&m, &pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("loading membership of %s in %s: %w", userID, roomID, err)
+	}
+	return m, pos, nil
+}
+
+// visibleEvents is VisibleEvents by the full rules, for every event of evs.
+func (s *Service) visibleEvents(ctx context.Context, userID string, evs []*Event) ([]*Event, []string, error) {
 	if len(evs) == 0 {
 		return nil, nil, nil
 	}

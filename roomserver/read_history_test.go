@@ -222,3 +222,44 @@ func TestEventNearTimestamp(t *testing.T) {
 		}
 	})
 }
+
+// TestVisibleEventsFastPath checks that the fast path for joined members (joinedThrough)
+// decides exactly as the full rules do, over a room where bob joins, leaves and rejoins
+// under "joined" visibility, for members, a former member and a stranger, and that it
+// takes the events it should.
+func TestVisibleEventsFastPath(t *testing.T) {
+	testkit.EachDB(t, func(t *testing.T, db *sqldb.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		roomID := createRoom(t, s, "11", "public")
+		send(t, s, state(roomID, alice, spec.MRoomHistoryVisibility, map[string]string{"history_visibility": VisibilityJoined}))
+		send(t, s, message(roomID, alice, "before bob"))
+		send(t, s, member(roomID, bob, bob, spec.Join))
+		send(t, s, message(roomID, alice, "with bob"))
+		send(t, s, member(roomID, bob, bob, spec.Leave))
+		send(t, s, message(roomID, alice, "bob away"))
+		send(t, s, member(roomID, bob, bob, spec.Join))
+		send(t, s, message(roomID, bob, "bob back"))
+		// A profile change keeps him joined.
+		send(t, s, SendRequest{RoomID: roomID, Sender: bob, Type: spec.MRoomMember, StateKey: ptr(bob),
+			Content: raw(map[string]string{"membership": spec.Join, "displayname": "Bob"})})
+		send(t, s, message(roomID, alice, "after the profile change"))
+		all, _, err := s.RoomEvents(ctx, roomID, 0, 1<<62, 100)
+		testkit.Must(t, err, "room events")
+		for _, user := range []string{alice, bob, carol} {
+			fast, fastMs, err := s.VisibleEvents(ctx, user, all)
+			testkit.Must(t, err, "VisibleEvents")
+			full, fullMs, err := s.visibleEvents(ctx, user, all)
+			testkit.Must(t, err, "visibleEvents")
+			if !slices.Equal(fast, full) || !slices.Equal(fastMs, fullMs) {
+				t.Errorf("%s: fast path sees %d events %v; full rules %d events %v", user, len(fast), fastMs, len(full), fullMs)
+			}
+		}
+		// Bob's fast path covers what was sent after his latest membership event.
+		joined, err := s.joinedThrough(ctx, bob, all)
+		testkit.Must(t, err, "joinedThrough")
+		if n := len(joined); n != 1 {
+			t.Errorf("fast path took %d events for bob; want 1 (the message after his profile change)", n)
+		}
+	})
+}

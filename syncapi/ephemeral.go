@@ -210,15 +210,41 @@ func (s *Service) setPresence(ctx context.Context, userID, presence string, msg 
 		return err
 	}
 	defer s.presenceMu.unlock()
-	pos, changed, err := s.store.setPresence(ctx, userID, presence, msg, setMsg, time.Now().UnixMilli())
+	now := time.Now()
+	pos, changed, err := s.store.setPresence(ctx, userID, presence, msg, setMsg, now.UnixMilli())
 	if err != nil {
+		s.seen.Delete(userID)
 		return err
 	}
+	s.seen.Store(userID, presenceSeen{presence: presence, at: now})
 	if changed {
 		s.presenceLog.add(change{pos: pos, user: userID})
 		s.streams.Presence.Advance(pos)
 	}
 	return nil
+}
+
+// lastActiveGranularity is how stale a syncing user's stored last-active time may get:
+// /sync refreshes it at most this often, as Synapse does, rather than writing on every
+// request (a write transaction per long-poll was a tenth of a busy server's CPU).
+const lastActiveGranularity = time.Minute
+
+// presenceSeen is the presence this process last stored for a user, and when.
+type presenceSeen struct {
+	presence string
+	at       time.Time
+}
+
+// touchPresence records that userID is syncing with set_presence presence: it stores the
+// presence when it changes, and otherwise refreshes the last-active time at most once per
+// lastActiveGranularity.
+func (s *Service) touchPresence(ctx context.Context, userID, presence string) error {
+	if v, ok := s.seen.Load(userID); ok {
+		if p := v.(presenceSeen); p.presence == presence && time.Since(p.at) < lastActiveGranularity {
+			return nil
+		}
+	}
+	return s.setPresence(ctx, userID, presence, nil, false)
 }
 
 func (s *Service) getPresence(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {

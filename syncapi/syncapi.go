@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -103,6 +104,8 @@ type Service struct {
 	// change logs in increasing order.
 	receiptMu  chanMutex
 	presenceMu chanMutex
+	// seen throttles the presence writes of /sync (see touchPresence).
+	seen sync.Map // user ID → presenceSeen
 }
 
 // chanMutex is a mutex whose Lock gives up when ctx ends.
@@ -279,7 +282,7 @@ func (s *Service) sync(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	if req.setPresence != "offline" {
-		if err := s.setPresence(ctx, dev.UserID, req.setPresence, nil, false); err != nil {
+		if err := s.touchPresence(ctx, dev.UserID, req.setPresence); err != nil {
 			return err
 		}
 	}
