@@ -106,6 +106,9 @@ type Service struct {
 	presenceMu chanMutex
 	// seen throttles the presence writes of /sync (see touchPresence).
 	seen sync.Map // user ID → presenceSeen
+	// activity tracks who is syncing, so that those who stop go offline.
+	activity     syncActivity
+	presenceDone chan struct{}
 }
 
 // chanMutex is a mutex whose Lock gives up when ctx ends.
@@ -158,27 +161,30 @@ func New(db *sqldb.DB, rooms Rooms, users Users, auth Authenticator, streams Str
 	}
 	s := &Service{
 		rooms: rooms, users: users, auth: auth, streams: streams, store: &store{db: db}, log: log,
-		closing:     make(chan struct{}),
-		roomsSeen:   bus.NewStream(streams.Rooms.Pos()),
-		followDone:  make(chan struct{}),
-		roomLog:     newChangeLog(streams.Rooms.Pos()),
-		typingLog:   newChangeLog(streams.Typing.Pos()),
-		receiptLog:  newChangeLog(streams.Receipts.Pos()),
-		presenceLog: newChangeLog(streams.Presence.Pos()),
-		receiptMu:   make(chanMutex, 1),
-		presenceMu:  make(chanMutex, 1),
+		closing:      make(chan struct{}),
+		roomsSeen:    bus.NewStream(streams.Rooms.Pos()),
+		followDone:   make(chan struct{}),
+		presenceDone: make(chan struct{}),
+		roomLog:      newChangeLog(streams.Rooms.Pos()),
+		typingLog:    newChangeLog(streams.Typing.Pos()),
+		receiptLog:   newChangeLog(streams.Receipts.Pos()),
+		presenceLog:  newChangeLog(streams.Presence.Pos()),
+		receiptMu:    make(chanMutex, 1),
+		presenceMu:   make(chanMutex, 1),
 	}
 	s.typing = newTyping(streams.Typing, s.typingLog)
 	go s.followRooms()
+	go s.expirePresence()
 	return s, nil
 }
 
 // Close ends every long-poll at once, so a shutting-down server need not wait for their
-// timeouts, and stops following the room-event stream. Requests still being built finish
+// timeouts, and stops following the room-event stream and sweeping presence. Requests still being built finish
 // normally.
 func (s *Service) Close() {
 	close(s.closing)
 	<-s.followDone
+	<-s.presenceDone
 }
 
 // Register adds /sync and the ephemeral endpoints to r.
@@ -285,6 +291,7 @@ func (s *Service) sync(w http.ResponseWriter, r *http.Request) error {
 		if err := s.touchPresence(ctx, dev.UserID, req.setPresence); err != nil {
 			return err
 		}
+		defer s.activity.started(dev.UserID)()
 	}
 	resp, err := s.Sync(ctx, req, start.Add(req.timeout))
 	if err != nil {
