@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/myelin-chat/myelin/appservice"
 	"github.com/myelin-chat/myelin/internal/config"
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/serverkey"
@@ -140,6 +141,10 @@ func checkConfig(args []string, stdout io.Writer) error {
 	}
 	cfg.ApplyEnv(os.Getenv)
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	// The registration files are read as the server reads them at start.
+	if _, err := appservice.Load(cfg.AppServiceAPI.ConfigFiles, cfg.Global.ServerName); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s is valid (%d warnings)\n", args[0], len(warnings))

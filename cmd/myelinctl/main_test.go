@@ -92,6 +92,8 @@ func TestCheckConfig(t *testing.T) {
 		{name: "Dendrite key Myelin does not use", content: edit("\nglobal:\n", "\nglobal:\n  jetstream:\n    storage_path: ./\n"),
 			args: []string{"FILE"}, wantOut: []string{"global.jetstream", "is valid"}},
 		{name: "missing file", args: []string{"/nonexistent/dendrite.yaml"}, wantErr: []string{"/nonexistent/dendrite.yaml"}},
+		{name: "missing application service registration", content: edit("  config_files:\n", "  config_files: [/nonexistent/bridge.yaml]\n"),
+			args: []string{"FILE"}, wantErr: []string{"/nonexistent/bridge.yaml"}},
 		{name: "no file", args: nil, wantErr: []string{"one file"}},
 		{name: "two files", args: []string{sample, sample}, wantErr: []string{"one file"}},
 	}
