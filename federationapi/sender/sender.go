@@ -82,7 +82,18 @@ type Sender struct {
 	mu      sync.Mutex
 	workers map[string]*worker // destinations being delivered to
 	members map[string]*roomMembers
+
+	// savedPos and savedAt are the stream position last stored and when; only the follow
+	// goroutine uses them.
+	savedPos int64
+	savedAt  time.Time
 }
+
+// positionSaveInterval is how long the stream position may go unsaved while the events read
+// had nothing to send (rooms without other servers): saving it on every event would add a
+// write transaction, and on SQLite an fsync, to every local send. After a crash the events
+// since are read again, and again have nothing to send.
+const positionSaveInterval = 2 * time.Second
 
 // worker is the delivery state of one destination with queued items.
 type worker struct {
@@ -178,8 +189,19 @@ func (s *Sender) ServerUp(dest string) {
 	}
 }
 
-// follow enqueues the events of the stream after pos as they are committed, until Close.
+// follow enqueues the events of the stream after pos as they are committed, until Close,
+// when it stores the position reached.
 func (s *Sender) follow(pos int64) {
+	s.savedPos, s.savedAt = pos, time.Now()
+	defer func() {
+		if pos > s.savedPos {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 5*time.Second)
+			defer cancel()
+			if err := s.st.enqueuePDUs(ctx, roomsPos, pos, nil); err != nil {
+				s.log.Error("federation sender: saving the stream position", "error", err)
+			}
+		}
+	}()
 	failures := 0
 	for {
 		head, changed := s.events.Changed()
@@ -235,9 +257,13 @@ func (s *Sender) enqueueEvents(ctx context.Context, after, upTo int64) (int64, e
 			touched[d] = true
 		}
 	}
+	if len(out) == 0 && time.Since(s.savedAt) < positionSaveInterval {
+		return scanned, nil
+	}
 	if err := s.st.enqueuePDUs(ctx, roomsPos, scanned, out); err != nil {
 		return after, err
 	}
+	s.savedPos, s.savedAt = scanned, time.Now()
 	for d := range touched {
 		s.kick(d)
 	}
