@@ -249,11 +249,14 @@ func TestUploadDownload(t *testing.T) {
 				t.Errorf("%s: m.upload.size = %v; want %d", p, got, 1<<20)
 			}
 		}
-		// No Content-Type: application/octet-stream, served as an attachment.
-		id = e.upload(alice, data, "", "")
-		r := e.do("GET", "/_matrix/client/v1/media/download/"+testServer+"/"+id, alice, nil)
-		if ct, cd := r.header.Get("Content-Type"), r.header.Get("Content-Disposition"); ct != "application/octet-stream" || cd != "attachment" {
-			t.Errorf("no type: got %q, %q; want application/octet-stream, attachment", ct, cd)
+		// No Content-Type, or one that is not a media type: application/octet-stream, served
+		// as an attachment.
+		for _, ct := range []string{"", "not a type", "text/html; charset"} {
+			id = e.upload(alice, data, ct, "")
+			r := e.do("GET", "/_matrix/client/v1/media/download/"+testServer+"/"+id, alice, nil)
+			if got, cd := r.header.Get("Content-Type"), r.header.Get("Content-Disposition"); got != "application/octet-stream" || cd != "attachment" {
+				t.Errorf("type %q: got %q, %q; want application/octet-stream, attachment", ct, got, cd)
+			}
 		}
 	})
 }

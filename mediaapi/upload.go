@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"os"
 	"strings"
@@ -95,9 +96,11 @@ func (s *Service) readUpload(body io.Reader, contentLength int64) (*spooled, err
 	return sp, nil
 }
 
-// contentTypeOr returns ct, or application/octet-stream when it is empty.
+// contentTypeOr returns ct, or application/octet-stream when it is empty or not a media
+// type (RFC 2045), so that nothing unparsable is ever served as a Content-Type.
 func contentTypeOr(ct string) string {
-	if ct = strings.TrimSpace(ct); ct == "" {
+	ct = strings.TrimSpace(ct)
+	if _, _, err := mime.ParseMediaType(ct); err != nil {
 		return "application/octet-stream"
 	}
 	return ct
