@@ -105,7 +105,7 @@ func (s *Service) FillGaps(ctx context.Context, roomID string, evs []*Event) (bo
 			s.log.Debug("backfill failed", "room", roomID, "server", server, "err", err)
 			continue
 		}
-		added, err := s.storeBackfilled(ctx, ri, roomID, txn.PDUs, stateBeforeEarliest(ctx, s, evs))
+		added, err := s.storeBackfilled(ctx, ri, roomID, server, txn.PDUs, stateBeforeEarliest(ctx, s, evs))
 		if err != nil {
 			return false, err
 		}
@@ -171,29 +171,16 @@ func stateBeforeEarliest(ctx context.Context, s *Service, evs []*Event) int64 {
 	return snaps[earliest.PDU.EventID()].before
 }
 
-// storeBackfilled checks the events of a /backfill response and stores those not yet in the
-// timeline below the room's lowest position, oldest lowest, read with the state snapshot
-// state (their own state is not fetched). It returns how many it added.
-func (s *Service) storeBackfilled(ctx context.Context, ri roomInfo, roomID string, raws []json.RawMessage, state int64) (int, error) {
+// storeBackfilled checks the events of a /backfill response from server and stores those not
+// yet in the timeline below the room's lowest position, oldest lowest, read with the state
+// snapshot state (their own state is not fetched). Each event must pass the auth rules against
+// its own auth_events, which are taken from the events held here, from the same response, or
+// else fetched from server (/event_auth) and stored as outliers. An event the rules reject is
+// remembered as rejected, never served; one whose auth events cannot be had is left out. It
+// returns how many it added.
+func (s *Service) storeBackfilled(ctx context.Context, ri roomInfo, roomID, server string, raws []json.RawMessage, state int64) (int, error) {
 	bf := s.backfill
-	var pdus []gomatrixserverlib.PDU
-	seen := map[string]bool{}
-	for _, raw := range raws {
-		ev, err := ri.version.NewEventFromUntrustedJSON(raw)
-		if err != nil {
-			s.log.Debug("backfill: bad event", "room", roomID, "err", err)
-			continue
-		}
-		if ev.RoomID().String() != roomID || seen[ev.EventID()] {
-			continue
-		}
-		if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, bf.keys, userIDForSender); err != nil {
-			s.log.Debug("backfill: bad signature", "event", ev.EventID(), "err", err)
-			continue
-		}
-		seen[ev.EventID()] = true
-		pdus = append(pdus, ev)
-	}
+	pdus := s.parseBackfilled(ctx, ri, roomID, raws)
 	if len(pdus) == 0 {
 		return 0, nil
 	}
@@ -212,6 +199,9 @@ func (s *Service) storeBackfilled(ctx context.Context, ri roomInfo, roomID strin
 	// Oldest first: by depth, then by the order the server gave (newest first), reversed.
 	slices.Reverse(pdus)
 	sort.SliceStable(pdus, func(i, j int) bool { return pdus[i].Depth() < pdus[j].Depth() })
+	if err := s.fetchBackfillAuth(ctx, ri, roomID, server, pdus); err != nil {
+		return 0, err
+	}
 
 	bf.mu.Lock()
 	defer bf.mu.Unlock()
@@ -225,9 +215,34 @@ func (s *Service) storeBackfilled(ctx context.Context, ri roomInfo, roomID strin
 		if low != nil && *low < 0 {
 			pos = *low
 		}
+		// Positions go by depth; events are checked and stored in auth order, so that an
+		// event's auth events from the same batch are stored before it. A rejected or
+		// unauthorisable event leaves its position unused.
+		positions := make(map[string]int64, len(pdus))
 		pos -= int64(len(pdus)) + 1
 		for _, p := range pdus {
 			pos++
+			positions[p.EventID()] = pos
+		}
+		room := &roomRow{roomInfo: ri, id: roomID}
+		for _, p := range authOrder(pdus) {
+			pos := positions[p.EventID()]
+			if err := s.checkOwnAuthEvents(ctx, tx, room, p); err != nil {
+				var me *MissingEventsError
+				switch {
+				case errors.Is(err, ErrRejected):
+					s.log.Debug("backfill: event rejected", "event", p.EventID(), "err", err)
+					if err := insertRejected(ctx, tx, ri.nid, p, false, 0, err.Error()); err != nil {
+						return err
+					}
+					continue
+				case errors.As(err, &me):
+					s.log.Debug("backfill: auth events missing", "event", p.EventID(), "err", err)
+					continue
+				default:
+					return err
+				}
+			}
 			res, err := tx.Exec(ctx, `UPDATE events SET stream_pos = $1, state_before = $2, state_after = $2
 				WHERE event_id = $3 AND stream_pos = 0`, pos, state, p.EventID())
 			if err != nil {
@@ -253,6 +268,157 @@ func (s *Service) storeBackfilled(ctx context.Context, ri roomInfo, roomID strin
 		return 0, nil
 	}
 	return added, err
+}
+
+// parseBackfilled parses events fetched from another server for roomID, keeping those that are
+// valid events of the room with good signatures, each once.
+func (s *Service) parseBackfilled(ctx context.Context, ri roomInfo, roomID string, raws []json.RawMessage) []gomatrixserverlib.PDU {
+	var pdus []gomatrixserverlib.PDU
+	seen := map[string]bool{}
+	for _, raw := range raws {
+		ev, err := ri.version.NewEventFromUntrustedJSON(raw)
+		if err != nil {
+			s.log.Debug("backfill: bad event", "room", roomID, "err", err)
+			continue
+		}
+		if ev.RoomID().String() != roomID || seen[ev.EventID()] {
+			continue
+		}
+		if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, s.backfill.keys, userIDForSender); err != nil {
+			s.log.Debug("backfill: bad signature", "event", ev.EventID(), "err", err)
+			continue
+		}
+		seen[ev.EventID()] = true
+		pdus = append(pdus, ev)
+	}
+	return pdus
+}
+
+// maxAuthFetches bounds the /event_auth requests one backfilled batch makes.
+const maxAuthFetches = 5
+
+// fetchBackfillAuth makes sure the auth events of pdus, a backfilled batch, are stored or in
+// the batch: for an event with some missing, it fetches the event's auth chain from server
+// (/event_auth; one chain usually serves many events of the batch) and stores it as outliers,
+// each authorised against its own auth events. Events whose auth events stay missing are
+// left out when the batch is stored. Only failures to read or write the database are errors.
+func (s *Service) fetchBackfillAuth(ctx context.Context, ri roomInfo, roomID, server string, pdus []gomatrixserverlib.PDU) error {
+	known := make(map[string]bool, len(pdus))
+	var authIDs []string
+	for _, p := range pdus {
+		known[p.EventID()] = true
+		authIDs = append(authIDs, p.AuthEventIDs()...)
+	}
+	slices.Sort(authIDs)
+	authIDs = slices.Compact(authIDs)
+	held, err := s.KnownEvents(ctx, authIDs)
+	if err != nil {
+		return err
+	}
+	for id := range held {
+		known[id] = true
+	}
+	fetches := 0
+	for _, p := range pdus {
+		if !slices.ContainsFunc(p.AuthEventIDs(), func(id string) bool { return !known[id] }) {
+			continue
+		}
+		if fetches == maxAuthFetches || server == "" || s.backfill.fed == nil {
+			s.log.Debug("backfill: auth events missing, not fetched", "event", p.EventID())
+			continue
+		}
+		fetches++
+		chain, err := s.fetchAuthChain(ctx, ri, roomID, server, p.EventID())
+		if err != nil {
+			s.log.Debug("backfill: fetching auth chain failed", "event", p.EventID(), "server", server, "err", err)
+			continue
+		}
+		chain = slices.DeleteFunc(chain, func(a gomatrixserverlib.PDU) bool { return known[a.EventID()] })
+		if len(chain) == 0 {
+			continue
+		}
+		chainIDs := make([]string, len(chain))
+		for i, a := range chain {
+			chainIDs[i] = a.EventID()
+		}
+		if stored, err := s.KnownEvents(ctx, chainIDs); err != nil {
+			return err
+		} else if len(stored) > 0 {
+			chain = slices.DeleteFunc(chain, func(a gomatrixserverlib.PDU) bool { return stored[a.EventID()] })
+		}
+		chain = authOrder(chain)
+		errs, err := s.InputOutliers(ctx, chain)
+		if err != nil {
+			return fmt.Errorf("storing the auth chain of %s: %w", p.EventID(), err)
+		}
+		for i, a := range chain {
+			// Rejected ones are known too: the event they authorise is rejected for them.
+			var me *MissingEventsError
+			if errs[i] == nil || !errors.As(errs[i], &me) {
+				known[a.EventID()] = true
+			}
+			if errs[i] != nil {
+				s.log.Debug("backfill: auth event not stored", "event", a.EventID(), "err", errs[i])
+			}
+		}
+	}
+	return nil
+}
+
+// fetchAuthChain asks server for the auth chain of eventID (federation /event_auth) and returns
+// its valid, signed events of roomID.
+func (s *Service) fetchAuthChain(ctx context.Context, ri roomInfo, roomID, server, eventID string) ([]gomatrixserverlib.PDU, error) {
+	path := "/_matrix/federation/v1/event_auth/" + url.PathEscape(roomID) + "/" + url.PathEscape(eventID)
+	req := fclient.NewFederationRequest(http.MethodGet, spec.ServerName(s.cfg.ServerName), spec.ServerName(server), path)
+	if err := req.Sign(spec.ServerName(s.cfg.ServerName), s.cfg.KeyID, s.cfg.PrivateKey); err != nil {
+		return nil, fmt.Errorf("signing event_auth request: %w", err)
+	}
+	hreq, err := req.HTTPRequest()
+	if err != nil {
+		return nil, fmt.Errorf("building event_auth request: %w", err)
+	}
+	var res struct {
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if err := s.backfill.fed.DoRequestAndParseResponse(ctx, hreq, &res); err != nil {
+		return nil, err
+	}
+	return s.parseBackfilled(ctx, ri, roomID, res.AuthChain), nil
+}
+
+// authOrder returns evs ordered so that each event comes after those of its auth events that
+// are among evs, keeping the given order otherwise. An auth cycle (only a broken server makes
+// one) is cut where the walk meets it again.
+func authOrder(evs []gomatrixserverlib.PDU) []gomatrixserverlib.PDU {
+	idx := make(map[string]int, len(evs))
+	for i, e := range evs {
+		idx[e.EventID()] = i
+	}
+	const (
+		unseen = iota
+		visiting
+		placed
+	)
+	mark := make([]int, len(evs))
+	out := make([]gomatrixserverlib.PDU, 0, len(evs))
+	var visit func(i int)
+	visit = func(i int) {
+		if mark[i] != unseen {
+			return
+		}
+		mark[i] = visiting
+		for _, a := range evs[i].AuthEventIDs() {
+			if j, ok := idx[a]; ok {
+				visit(j)
+			}
+		}
+		mark[i] = placed
+		out = append(out, evs[i])
+	}
+	for i := range evs {
+		visit(i)
+	}
+	return out
 }
 
 // errBackfillRace marks an event stored meanwhile by another path; the batch is dropped and
@@ -324,7 +490,7 @@ func (s *Service) RemoteEventNearTimestamp(ctx context.Context, roomID string, t
 				s.log.Debug("backfill failed", "room", roomID, "server", server, "err", err)
 				continue
 			}
-			if _, err := s.storeBackfilled(ctx, ri, roomID, txn.PDUs, s.lowestState(ctx, ri)); err != nil {
+			if _, err := s.storeBackfilled(ctx, ri, roomID, server, txn.PDUs, s.lowestState(ctx, ri)); err != nil {
 				return nil, err
 			}
 		}
