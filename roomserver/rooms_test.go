@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -255,6 +256,10 @@ func TestUpgradeRoom(t *testing.T) {
 				send(t, s, member(old, carol, carol, "join"))
 				send(t, s, state(old, alice, spec.MRoomName, map[string]string{"name": "Old"}))
 				send(t, s, member(old, alice, "@mallory:test.local", "ban"))
+				alias := "#up-" + strings.ReplaceAll(tt.name, " ", "-") + ":test.local"
+				testkit.Must(t, s.CreateAlias(ctx, alias, old, alice), "creating an alias")
+				send(t, s, state(old, alice, spec.MRoomCanonicalAlias, map[string]string{"alias": alias}))
+				testkit.Must(t, s.SetPublished(ctx, old, true), "publishing")
 				pl := map[string]any{"users": tt.users, "events": map[string]int{"m.room.tombstone": 100}}
 				if tt.from == "12" {
 					pl["events"] = map[string]int{"m.room.tombstone": 150}
@@ -304,6 +309,22 @@ func TestUpgradeRoom(t *testing.T) {
 				}
 				if m, _, _ := s.Membership(ctx, newID, "@mallory:test.local"); m != spec.Ban {
 					t.Errorf("mallory in the new room: %q; want ban", m)
+				}
+				// The alias, the canonical alias and the directory entry move to the new room.
+				if got, _, err := s.Alias(ctx, alias); err != nil || got != newID {
+					t.Errorf("alias %s points to %s (%v); want %s", alias, got, err, newID)
+				}
+				if got := contentOf(t, s, newID, spec.MRoomCanonicalAlias, "")["alias"]; got != alias {
+					t.Errorf("new canonical alias = %v; want %s", got, alias)
+				}
+				if got := contentOf(t, s, old, spec.MRoomCanonicalAlias, ""); len(got) != 0 {
+					t.Errorf("old canonical alias = %v; want it emptied", got)
+				}
+				if pub, _ := s.Published(ctx, newID); !pub {
+					t.Error("the new room is not in the directory")
+				}
+				if pub, _ := s.Published(ctx, old); pub {
+					t.Error("the old room is still in the directory")
 				}
 				if got := contentOf(t, s, old, "m.room.tombstone", "")["replacement_room"]; got != newID {
 					t.Errorf("tombstone replacement_room = %v; want %s", got, newID)

@@ -31,7 +31,7 @@ type UpgradeRequest struct {
 // recommends (m.room.power_levels is copied separately).
 var upgradeCopiedState = []string{
 	spec.MRoomJoinRules, spec.MRoomHistoryVisibility, spec.MRoomGuestAccess, spec.MRoomName,
-	spec.MRoomTopic, spec.MRoomAvatar, "m.room.encryption", "m.room.server_acl",
+	spec.MRoomTopic, spec.MRoomAvatar, "m.room.encryption", "m.room.server_acl", spec.MRoomCanonicalAlias,
 }
 
 // UpgradeRoom replaces r.RoomID by a new room of version r.NewVersion and returns the new
@@ -157,6 +157,9 @@ func (s *Service) UpgradeRoom(ctx context.Context, r UpgradeRequest) (string, er
 	}); err != nil {
 		return "", fmt.Errorf("sending tombstone to %s: %w", r.RoomID, err)
 	}
+	if err := s.moveAliases(ctx, ri, r.RoomID, newID, r.Sender, byType[spec.MRoomCanonicalAlias]); err != nil {
+		s.log.Warn("moving the aliases of an upgraded room", "room_id", r.RoomID, "error", err)
+	}
 	if pl := byType[spec.MRoomPowerLevels]; pl != nil {
 		if c, changed := restrictedPowerLevels(pl.Content()); changed {
 			if _, err := s.Send(ctx, SendRequest{
@@ -167,6 +170,36 @@ func (s *Service) UpgradeRoom(ctx context.Context, r UpgradeRequest) (string, er
 		}
 	}
 	return newID, nil
+}
+
+// moveAliases finishes an upgrade of the room oldID (ri) to newID as Synapse does: this server's
+// aliases of the old room now point to the new one, the old room's canonical alias event
+// (copied to the new room already) is emptied, and a room in the public directory is
+// replaced there by the new one.
+func (s *Service) moveAliases(ctx context.Context, ri roomInfo, oldID, newID, sender string, canonical gomatrixserverlib.PDU) error {
+	nri, err := s.roomInfo(ctx, newID)
+	if err != nil {
+		return err
+	}
+	if _, err := s.db.Exec(ctx, `UPDATE room_aliases SET room_nid = $1 WHERE room_nid = $2`, nri.nid, ri.nid); err != nil {
+		return fmt.Errorf("moving aliases: %w", err)
+	}
+	if canonical != nil && !bytes.Equal(bytes.TrimSpace(canonical.Content()), []byte("{}")) {
+		empty := ""
+		if _, err := s.Send(ctx, SendRequest{
+			RoomID: oldID, Sender: sender, Type: spec.MRoomCanonicalAlias, StateKey: &empty, Content: json.RawMessage(`{}`),
+		}); err != nil {
+			return fmt.Errorf("emptying the old canonical alias: %w", err)
+		}
+	}
+	published, err := s.Published(ctx, oldID)
+	if err != nil || !published {
+		return err
+	}
+	if err := s.SetPublished(ctx, newID, true); err != nil {
+		return err
+	}
+	return s.SetPublished(ctx, oldID, false)
 }
 
 // checkUpgrade returns the old room's current state and its newest event, or 403 unless
