@@ -236,3 +236,34 @@ func TestRoomSummary(t *testing.T) {
 		}
 	})
 }
+
+// TestDirectoryFollowsRedactedState checks that redacting a published room's name removes it
+// from the room's directory entry, although redaction leaves the state snapshot as it was.
+func TestDirectoryFollowsRedactedState(t *testing.T) {
+	testkit.EachDB(t, func(t *testing.T, db *sqldb.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		room := createRoom(t, s, "", "public")
+		nameID := send(t, s, state(room, alice, spec.MRoomName, map[string]string{"name": "Secret plans"}))
+		testkit.Must(t, s.SetPublished(ctx, room, true), "publishing")
+		name := func() string {
+			t.Helper()
+			p, err := s.PublicRooms(ctx, PublicRoomsRequest{})
+			testkit.Must(t, err, "listing the directory")
+			for _, r := range p.Rooms {
+				if r.RoomID == room {
+					return r.Name
+				}
+			}
+			t.Fatalf("room %s is not in the directory", room)
+			return ""
+		}
+		if got := name(); got != "Secret plans" {
+			t.Fatalf("name before the redaction = %q; want Secret plans", got)
+		}
+		send(t, s, SendRequest{RoomID: room, Sender: alice, Type: spec.MRoomRedaction, Redacts: nameID, Content: raw(map[string]string{})})
+		if got := name(); got != "" {
+			t.Errorf("name after the redaction = %q; want none", got)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/matrix"
@@ -556,6 +557,13 @@ func (s *Service) applyRedaction(ctx context.Context, tx *sqldb.Tx, room *roomRo
 	}
 	if _, err := tx.Exec(ctx, `UPDATE redactions SET applied = TRUE WHERE redaction_id = $1`, redactionID); err != nil {
 		return fmt.Errorf("marking redaction %s applied: %w", redactionID, err)
+	}
+	// A redacted state event may be part of the room's directory summary (its name or
+	// topic); the state snapshot does not change, so mark the entry stale by hand.
+	if gjson.GetBytes(js, "state_key").Exists() {
+		if _, err := tx.Exec(ctx, `UPDATE published_rooms SET state_nid = -1 WHERE room_nid = $1`, room.nid); err != nil {
+			return fmt.Errorf("marking the directory entry of a redacted state event stale: %w", err)
+		}
 	}
 	return nil
 }
