@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/myelin-chat/myelin/internal/bus"
@@ -66,7 +67,7 @@ func (d *dirServer) do(user, method, path string, body any) (int, map[string]any
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	if path[:9] != "/_matrix/" {
+	if !strings.HasPrefix(path, "/_matrix/") {
 		path = "/_matrix/client/v3" + path
 	}
 	req, err := http.NewRequest(method, d.url+path, rd)
