@@ -63,7 +63,7 @@ func newASServer(t *testing.T, db *sqldb.DB, users ...string) *dirServer {
 	client.Register(router)
 	srv := httptest.NewServer(router)
 	t.Cleanup(srv.Close)
-	d := &dirServer{t: t, url: srv.URL, tokens: map[string]string{"as": bridge.ASToken, "hs": bridge.HSToken}}
+	d := &dirServer{t: t, url: srv.URL, tokens: map[string]string{"as": bridge.ASToken, "hs": bridge.HSToken}, users: us}
 	for _, u := range users {
 		id, err := us.CreateAccount(ctx, userapi.NewAccount{Localpart: u})
 		testkit.Must(t, err, "creating %s", u)
@@ -249,6 +249,15 @@ func TestAppServiceHTTP(t *testing.T) {
 		if again := d.must("as", "PUT", "/rooms/"+room+"/send/m.room.message/again"+q("ts", "1641168000000"), msg)["event_id"]; again != first {
 			t.Errorf("repeated transaction: got %v then %v; want the same event", first, again)
 		}
+		// A deactivated user of the namespace can no longer be acted as.
+		d.must("as", "POST", "/register", map[string]any{
+			"type": "m.login.application_service", "username": "_bridge_gone", "inhibit_login": true,
+		})
+		testkit.Must(t, d.users.Deactivate(context.Background(), "@_bridge_gone:test.local"), "deactivating")
+		if status, out := d.do("as", "GET", "/account/whoami"+q("user_id", "@_bridge_gone:test.local"), nil); status != 403 || out["errcode"] != "M_USER_DEACTIVATED" {
+			t.Errorf("acting as a deactivated user: got %d %v; want 403 M_USER_DEACTIVATED", status, out)
+		}
+
 		// Exclusive alias namespace: closed to users, open to the bridge.
 		alias := func(a string) string { return "/directory/room/" + url.PathEscape(a) }
 		if status, out := d.do("alice", "PUT", alias("#_bridge_x:test.local"), map[string]string{"room_id": room}); status != 400 || out["errcode"] != "M_EXCLUSIVE" {

@@ -180,6 +180,9 @@ func (s *Service) appServiceDevice(r *http.Request, as *appservice.Service) (*us
 		if err != nil {
 			return nil, fmt.Errorf("looking up %s for an application service: %w", userID, err)
 		}
+		if acct.Deactivated {
+			return nil, matrix.Errorf(http.StatusForbidden, matrix.CodeUserDeactivated, "%s has been deactivated", userID)
+		}
 		dev = &userapi.Device{UserID: userID, IsAdmin: acct.Admin, IsGuest: acct.Guest}
 	}
 	deviceID := q.Get("device_id")

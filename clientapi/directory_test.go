@@ -27,6 +27,7 @@ type dirServer struct {
 	t      *testing.T
 	url    string
 	tokens map[string]string // localpart → access token
+	users  *userapi.Service
 }
 
 func newDirServer(t *testing.T, db *sqldb.DB, users ...string) *dirServer {
