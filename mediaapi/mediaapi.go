@@ -97,6 +97,7 @@ func New(cfg *config.Config, d Deps) (*Service, error) {
 		now: time.Now,
 	}
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
+	s.flights.bg, s.flights.stop = &s.bg, s.bgCtx
 	n := cfg.MediaAPI.MaxThumbnailGenerators
 	if n <= 0 {
 		n = 1
@@ -149,7 +150,8 @@ func (s *Service) sweepExpired(interval time.Duration) {
 	}
 }
 
-// Close stops background thumbnail generation and waits for it to end.
+// Close stops background work (thumbnail generation, coalesced fetches, the sweep of
+// expired media IDs) and waits for it to end.
 func (s *Service) Close() {
 	s.bgStop()
 	s.bg.Wait()
@@ -186,6 +188,10 @@ func mxc(origin, id string) string { return "mxc://" + origin + "/" + id }
 type flights struct {
 	mu    sync.Mutex
 	calls map[string]*flight
+	// bg counts the calls running, so that Close waits for them; stop, when done, cancels
+	// them. Both are the Service's.
+	bg   *sync.WaitGroup
+	stop context.Context
 }
 
 type flight struct {
@@ -195,7 +201,8 @@ type flight struct {
 }
 
 // do runs fn once for concurrent callers with the same key; all get its result. fn runs
-// detached from any one caller's cancellation, so one caller leaving does not fail the rest.
+// detached from any one caller's cancellation, so one caller leaving does not fail the rest;
+// Close cancels it and waits for it.
 func (f *flights) do(ctx context.Context, key string, fn func(ctx context.Context) (any, error)) (any, error) {
 	f.mu.Lock()
 	if f.calls == nil {
@@ -205,14 +212,19 @@ func (f *flights) do(ctx context.Context, key string, fn func(ctx context.Contex
 	if !ok {
 		c = &flight{done: make(chan struct{})}
 		f.calls[key] = c
+		f.bg.Add(1)
 		go func() {
+			defer f.bg.Done()
 			defer func() {
 				f.mu.Lock()
 				delete(f.calls, key)
 				f.mu.Unlock()
 				close(c.done)
 			}()
-			c.val, c.err = fn(context.WithoutCancel(ctx))
+			fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			defer cancel()
+			defer context.AfterFunc(f.stop, cancel)()
+			c.val, c.err = fn(fctx)
 		}()
 	}
 	f.mu.Unlock()
