@@ -78,7 +78,7 @@ func (s *Service) Media(ctx context.Context, serverName, mediaID string, allowRe
 	if !allowRemote {
 		return nil, matrix.NotFound("remote media is not cached and allow_remote is false")
 	}
-	return s.remote(ctx, serverName, mediaID, wait)
+	return s.remote(ctx, serverName, mediaID)
 }
 
 // local returns local media, waiting up to wait for a pending upload.

@@ -56,7 +56,7 @@ func newRedirectClient(g *netguard.Guard, skipVerify bool) *http.Client {
 
 // remote fetches (origin, mediaID) over federation and caches it. Concurrent fetches of one
 // media share one download.
-func (s *Service) remote(ctx context.Context, origin, mediaID string, wait time.Duration) (*media, error) {
+func (s *Service) remote(ctx context.Context, origin, mediaID string) (*media, error) {
 	v, err := s.flights.do(ctx, "media "+origin+"/"+mediaID, func(ctx context.Context) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, remoteTimeout)
 		defer cancel()

@@ -162,9 +162,6 @@ func thumbnailName(contentType string) string {
 func (s *Service) previewURL(w http.ResponseWriter, r *http.Request, userID string) error {
 	q := r.URL.Query()
 	u := q.Get("url")
-	if u == "" {
-		return matrix.MissingParam("missing url")
-	}
 	var ts int64
 	if v := q.Get("ts"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)

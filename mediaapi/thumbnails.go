@@ -112,7 +112,7 @@ func (s *Service) Thumbnail(ctx context.Context, serverName, mediaID string, tr 
 	} else if err != nil {
 		s.log.Debug("remote thumbnail failed; making it from the original", "server_name", serverName, "media_id", mediaID, "error", err)
 	}
-	m, err := s.remote(ctx, serverName, mediaID, wait)
+	m, err := s.remote(ctx, serverName, mediaID)
 	if err != nil {
 		return nil, err
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -361,7 +360,7 @@ func (s *Service) ServerInRoom(ctx context.Context, roomID, server string) (bool
 	}
 	var one int
 	err = s.db.QueryRow(ctx, `SELECT 1 FROM memberships WHERE room_nid = $1 AND membership = $2 AND user_id LIKE $3 ESCAPE '\' LIMIT 1`,
-		ri.nid, spec.Join, "%:"+likeEscape(server)).Scan(&one)
+		ri.nid, spec.Join, "%:"+escapeLike(server)).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -371,6 +370,3 @@ func (s *Service) ServerInRoom(ctx context.Context, roomID, server string) (bool
 	return true, nil
 }
 
-func likeEscape(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
-}

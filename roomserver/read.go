@@ -246,21 +246,12 @@ func (s *Service) StateEventIDsBetween(ctx context.Context, roomID string, after
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.db.Query(ctx, `SELECT event_id FROM events
+	ids, err := queryStrings(ctx, s.db, `SELECT event_id FROM events
 		WHERE room_nid = $1 AND stream_pos > $2 AND stream_pos <= $3 AND state_key IS NOT NULL`, ri.nid, max(after, 0), upTo)
 	if err != nil {
 		return nil, fmt.Errorf("loading state events of %s: %w", roomID, err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("loading state events of %s: %w", roomID, err)
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }
 
 // RoomsWithEvents returns the IDs of the rooms that got events with after < position <= upTo,

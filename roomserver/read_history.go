@@ -270,7 +270,7 @@ func (s *Service) joinedThrough(ctx context.Context, userID string, evs []*Event
 	rooms := map[string]since{}
 	var out map[*Event]bool
 	for _, e := range evs {
-		if e.StreamPos == 0 || !s.isLocalSender(string(e.PDU.SenderID())) {
+		if e.StreamPos == 0 || domainOf(string(e.PDU.SenderID())) != s.cfg.ServerName {
 			continue
 		}
 		if e.PDU.Type() == spec.MRoomMember && e.PDU.StateKeyEquals(userID) {
@@ -294,12 +294,6 @@ func (s *Service) joinedThrough(ctx context.Context, userID string, evs []*Event
 		}
 	}
 	return out, nil
-}
-
-// isLocalSender reports whether a user ID belongs to this server.
-func (s *Service) isLocalSender(userID string) bool {
-	_, domain, ok := strings.Cut(userID, ":")
-	return ok && domain == s.cfg.ServerName
 }
 
 // currentMembershipPos returns userID's current membership in roomID and the stream

@@ -178,7 +178,7 @@ func (s *Service) build(ctx context.Context, req *syncRequest, to Token) (*respo
 	for _, e := range ad {
 		ev := map[string]any{"type": e.Type, "content": e.Content}
 		if e.RoomID == "" {
-			if eventFilterAllows(req.filter.AccountData, e.Type, "") {
+			if req.filter.AccountData.Matches(e.Type, "") {
 				resp.AccountData.Events = append(resp.AccountData.Events, ev)
 			}
 		} else if rf := req.filter.Room; rf == nil || roomEventFilterAllows(rf.AccountData, e.RoomID, e.Type, "") {
@@ -597,7 +597,7 @@ func (b *builder) keepInTimeline(e *roomserver.Event, tf *matrix.RoomEventFilter
 	if tf == nil {
 		return true
 	}
-	if !eventFilterAllows(&tf.EventFilter, e.PDU.Type(), sender) {
+	if !tf.EventFilter.Matches(e.PDU.Type(), sender) {
 		return false
 	}
 	if tf.ContainsURL != nil {
@@ -733,7 +733,7 @@ func (b *builder) sectionState(ctx context.Context, roomID string, tl timelineRe
 		if b.req.stateAfter == "" && inTimeline[e.PDU.EventID()] {
 			continue
 		}
-		if sf != nil && (!eventFilterAllows(&sf.EventFilter, e.PDU.Type(), string(e.PDU.SenderID())) || !roomEventFilterAllowsRoom(sf, roomID)) {
+		if sf != nil && (!sf.EventFilter.Matches(e.PDU.Type(), string(e.PDU.SenderID())) || !roomEventFilterAllowsRoom(sf, roomID)) {
 			continue
 		}
 		out = append(out, b.clientEvent(e))
@@ -1024,7 +1024,7 @@ func (b *builder) presence(ctx context.Context, resp *response, newlyJoined []st
 	}
 	seen := map[string]bool{}
 	emit := func(userID string, p *Presence) {
-		if seen[userID] || b.ignored[userID] || !eventFilterAllows(pf, "m.presence", userID) {
+		if seen[userID] || b.ignored[userID] || !pf.Matches("m.presence", userID) {
 			return
 		}
 		seen[userID] = true
@@ -1136,13 +1136,7 @@ func roomEventFilterAllows(f *matrix.RoomEventFilter, roomID, evType, sender str
 	if f == nil {
 		return true
 	}
-	return roomEventFilterAllowsRoom(f, roomID) && eventFilterAllows(&f.EventFilter, evType, sender)
-}
-
-// eventFilterAllows applies types, not_types, senders and not_senders. An empty sender skips
-// the sender checks (for events without one, such as account data).
-func eventFilterAllows(f *matrix.EventFilter, evType, sender string) bool {
-	return f.Matches(evType, sender)
+	return roomEventFilterAllowsRoom(f, roomID) && f.EventFilter.Matches(evType, sender)
 }
 
 // limitEvents cuts evs to the filter's limit.

@@ -10,11 +10,9 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
-	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/sqldb"
 	"github.com/myelin-chat/myelin/roomserver"
-	"github.com/myelin-chat/myelin/userapi"
 )
 
 // historyRooms is what /messages, /context and /timestamp_to_event need of the roomserver,
@@ -35,10 +33,10 @@ type historyRooms interface {
 func (s *Service) registerHistory(r *mux.Router) {
 	const v3 = "/_matrix/client/{apiVersion:(?:r0|v3)}"
 	get := http.MethodGet
-	r.Handle(v3+"/rooms/{roomID}/messages", s.authedHistory(s.messagesHandler)).Methods(get)
-	r.Handle(v3+"/rooms/{roomID}/context/{eventID}", s.authedHistory(s.contextHandler)).Methods(get)
-	r.Handle("/_matrix/client/v1/rooms/{roomID}/timestamp_to_event", s.authedHistory(s.timestampHandler)).Methods(get)
-	r.Handle("/_matrix/client/unstable/org.matrix.msc3030/rooms/{roomID}/timestamp_to_event", s.authedHistory(s.timestampHandler)).Methods(get)
+	r.Handle(v3+"/rooms/{roomID}/messages", s.authed(s.messagesHandler)).Methods(get)
+	r.Handle(v3+"/rooms/{roomID}/context/{eventID}", s.authed(s.contextHandler)).Methods(get)
+	r.Handle("/_matrix/client/v1/rooms/{roomID}/timestamp_to_event", s.authed(s.timestampHandler)).Methods(get)
+	r.Handle("/_matrix/client/unstable/org.matrix.msc3030/rooms/{roomID}/timestamp_to_event", s.authed(s.timestampHandler)).Methods(get)
 }
 
 // readBound returns the newest stream position of roomID that userID may read: every
@@ -104,18 +102,4 @@ func stateClientEvents(evs []*roomserver.Event, now time.Time) []matrix.ClientEv
 		out = append(out, matrix.ToClientEvent(e.PDU, matrix.ClientEventOptions{Now: now}))
 	}
 	return out
-}
-
-// historyFunc is a history handler for an authenticated device.
-type historyFunc func(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error
-
-// authedHistory wraps f so that it runs only for a valid access token.
-func (s *Service) authedHistory(f historyFunc) http.Handler {
-	return httpx.Handler(func(w http.ResponseWriter, r *http.Request) error {
-		dev, err := s.auth(r)
-		if err != nil {
-			return err
-		}
-		return f(w, r, dev)
-	})
 }

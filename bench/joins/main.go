@@ -58,10 +58,8 @@ func run(n int, base, database string, parallel int) error {
 	if err != nil {
 		return fmt.Errorf("registering the room owner: %w", err)
 	}
-	var room struct {
-		RoomID string `json:"room_id"`
-	}
-	if err := owner.Do("POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}, &room); err != nil {
+	roomID, err := benchserver.CreateRoom(owner)
+	if err != nil {
 		return err
 	}
 	fmt.Printf("registering %d users…\n", n)
@@ -69,9 +67,9 @@ func run(n int, base, database string, parallel int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("joining %d users to %s one after another…\n", n, room.RoomID)
+	fmt.Printf("joining %d users to %s one after another…\n", n, roomID)
 	lat := make([]time.Duration, n)
-	path := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID) + "/join"
+	path := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID) + "/join"
 	for i, c := range clients {
 		start := time.Now()
 		if err := c.Do("POST", path, map[string]any{}, nil); err != nil {
@@ -87,7 +85,7 @@ func run(n int, base, database string, parallel int) error {
 	var members struct {
 		Chunk []json.RawMessage `json:"chunk"`
 	}
-	if err := owner.Do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/members", nil, &members); err != nil {
+	if err := owner.Do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/members", nil, &members); err != nil {
 		return err
 	}
 	fmt.Printf("/members with %d members: %v\n", len(members.Chunk), time.Since(start))

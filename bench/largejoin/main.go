@@ -61,40 +61,18 @@ func run(n, parallel int) error {
 	if err != nil {
 		return err
 	}
-	var room struct {
-		RoomID string `json:"room_id"`
-	}
-	if err := owner.Do("POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}, &room); err != nil {
+	roomID, err := benchserver.CreateRoom(owner)
+	if err != nil {
 		return err
 	}
-	fmt.Printf("filling %s on %s with %d members…\n", room.RoomID, remote.Name, n)
+	fmt.Printf("filling %s on %s with %d members…\n", roomID, remote.Name, n)
 	users, err := benchserver.RegisterMany(hc, remote.URL, "member", n, parallel)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	joinPath := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID) + "/join"
-	errc := make(chan error, parallel)
-	next := make(chan *benchserver.Client)
-	for range parallel {
-		go func() {
-			for c := range next {
-				if err := c.Do("POST", joinPath, map[string]any{}, nil); err != nil {
-					errc <- err
-					return
-				}
-			}
-			errc <- nil
-		}()
-	}
-	for _, c := range users {
-		next <- c
-	}
-	close(next)
-	for range parallel {
-		if err := <-errc; err != nil {
-			return fmt.Errorf("filling the room: %w", err)
-		}
+	if err := benchserver.JoinAll(users, roomID, parallel); err != nil {
+		return fmt.Errorf("filling the room: %w", err)
 	}
 	fmt.Printf("filled in %v\n", time.Since(start).Round(time.Millisecond))
 
@@ -107,7 +85,7 @@ func run(n, parallel int) error {
 		return err
 	}
 	start = time.Now()
-	if err := joiner.Do("POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(remote.Name), map[string]any{}, nil); err != nil {
+	if err := joiner.Do("POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+"?server_name="+url.QueryEscape(remote.Name), map[string]any{}, nil); err != nil {
 		return fmt.Errorf("remote join: %w", err)
 	}
 	took := time.Since(start)
@@ -118,15 +96,13 @@ func run(n, parallel int) error {
 	var members struct {
 		Chunk []json.RawMessage `json:"chunk"`
 	}
-	if err := joiner.Do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/members", nil, &members); err != nil {
+	if err := joiner.Do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/members", nil, &members); err != nil {
 		return err
 	}
 	fmt.Printf("remote join of a %d-member room: %v\njoining server RSS: %.1f MiB before, %.1f MiB after, peak %.1f MiB\nmembers seen by the joiner's server: %d\n",
-		n+1, took.Round(time.Millisecond), mib(rssBefore), mib(rssAfter), mib(peak), len(members.Chunk))
+		n+1, took.Round(time.Millisecond), benchserver.MiB(rssBefore), benchserver.MiB(rssAfter), benchserver.MiB(peak), len(members.Chunk))
 	if len(members.Chunk) != n+2 {
 		return fmt.Errorf("the joining server lists %d members; want %d", len(members.Chunk), n+2)
 	}
 	return nil
 }
-
-func mib(b int64) float64 { return float64(b) / (1 << 20) }
