@@ -16,7 +16,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/httpx"
 	"github.com/myelin-chat/myelin/internal/matrix"
@@ -348,7 +347,7 @@ func (in *Inbound) roomVersion(ctx context.Context, roomID string) (gomatrixserv
 // for its clients.
 func fedJSON(ev gomatrixserverlib.PDU) json.RawMessage {
 	js := ev.JSON()
-	if out, err := sjson.DeleteBytes(js, "unsigned"); err == nil {
+	if out, err := matrix.WithoutUnsigned(js); err == nil {
 		return out
 	}
 	return js

@@ -369,4 +369,3 @@ func (s *Service) ServerInRoom(ctx context.Context, roomID, server string) (bool
 	}
 	return true, nil
 }
-

@@ -324,7 +324,7 @@ func (s *Service) servedJSON(ctx context.Context, tx *sqldb.Tx, room *roomRow, e
 			unsigned["prev_sender"] = string(p.SenderID())
 		case strippedKey == "":
 		case p.Type() == spec.MRoomCreate:
-			full, err := sjson.DeleteBytes(p.JSON(), "unsigned")
+			full, err := matrix.WithoutUnsigned(p.JSON())
 			if err != nil {
 				return nil, fmt.Errorf("stripping create event: %w", err)
 			}

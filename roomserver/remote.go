@@ -337,7 +337,7 @@ func (s *Service) inviteRemote(ctx context.Context, r SendRequest) (string, erro
 		for _, e := range evs {
 			if e.PDU.Type() == spec.MRoomCreate {
 				// MSC4311: the full create event, first, so the invitee can check the room ID.
-				full, err := sjson.DeleteBytes(e.PDU.JSON(), "unsigned")
+				full, err := matrix.WithoutUnsigned(e.PDU.JSON())
 				if err != nil {
 					return fmt.Errorf("stripping create event: %w", err)
 				}

@@ -23,9 +23,9 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/tidwall/sjson"
 
 	"github.com/myelin-chat/myelin/internal/bus"
+	"github.com/myelin-chat/myelin/internal/matrix"
 	"github.com/myelin-chat/myelin/internal/sqldb"
 	"github.com/myelin-chat/myelin/roomserver"
 )
@@ -248,7 +248,7 @@ func (s *Sender) enqueueEvents(ctx context.Context, after, upTo int64) (int64, e
 		if len(dests) == 0 {
 			continue
 		}
-		js, err := federationJSON(ev.PDU.JSON())
+		js, err := matrix.WithoutUnsigned(ev.PDU.JSON())
 		if err != nil {
 			return after, fmt.Errorf("preparing %s: %w", ev.PDU.EventID(), err)
 		}
@@ -268,12 +268,6 @@ func (s *Sender) enqueueEvents(ctx context.Context, after, upTo int64) (int64, e
 		s.kick(d)
 	}
 	return scanned, nil
-}
-
-// federationJSON returns a stored event as it is sent over federation: without the unsigned
-// section roomserver keeps for clients (prev_content, invite_room_state, redacted_because…).
-func federationJSON(stored []byte) ([]byte, error) {
-	return sjson.DeleteBytes(stored, "unsigned")
 }
 
 // SendEDU queues edu for each of dests (this server and duplicates are skipped).
