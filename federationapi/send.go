@@ -134,6 +134,9 @@ func (in *Inbound) rememberTxn(ctx context.Context, origin spec.ServerName, txnI
 func (in *Inbound) processPDUs(ctx context.Context, origin spec.ServerName, raws []json.RawMessage) map[string]fclient.PDUResult {
 	results := map[string]fclient.PDUResult{}
 	var evs []gomatrixserverlib.PDU
+	// Nothing is stored before the second loop, so one ACL check per room serves the
+	// whole transaction.
+	acl := map[string]error{}
 	for _, raw := range raws {
 		roomID := gjson.GetBytes(raw, "room_id").Str
 		if roomID == "" {
@@ -151,8 +154,13 @@ func (in *Inbound) processPDUs(ctx context.Context, origin spec.ServerName, raws
 			in.log.Debug("dropping malformed PDU", "origin", origin, "error", err)
 			continue
 		}
-		if err := in.checkACL(ctx, roomID, origin); err != nil {
-			results[ev.EventID()] = fclient.PDUResult{Error: err.Error()}
+		aclErr, checked := acl[roomID]
+		if !checked {
+			aclErr = in.checkACL(ctx, roomID, origin)
+			acl[roomID] = aclErr
+		}
+		if aclErr != nil {
+			results[ev.EventID()] = fclient.PDUResult{Error: aclErr.Error()}
 			continue
 		}
 		if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, in.keys, userIDForSender); err != nil {
