@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"golang.org/x/sync/singleflight"
 )
 
 // Cache periods for server discovery. The spec recommends caching a well-known answer as
@@ -315,36 +316,13 @@ func (r *resolver) forget(serverName string) {
 }
 
 // flightGroup runs one call per key at a time; callers arriving meanwhile share its result.
+// It is singleflight.Group with the result typed.
 type flightGroup[T any] struct {
-	mu    sync.Mutex
-	calls map[string]*flightCall[T]
+	g singleflight.Group
 }
 
-type flightCall[T any] struct {
-	done chan struct{}
-	val  T
-	err  error
-}
-
-func (g *flightGroup[T]) do(key string, fn func() (T, error)) (T, error) {
-	g.mu.Lock()
-	if c, ok := g.calls[key]; ok {
-		g.mu.Unlock()
-		<-c.done
-		return c.val, c.err
-	}
-	if g.calls == nil {
-		g.calls = map[string]*flightCall[T]{}
-	}
-	c := &flightCall[T]{done: make(chan struct{})}
-	g.calls[key] = c
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.calls, key)
-		g.mu.Unlock()
-		close(c.done)
-	}()
-	c.val, c.err = fn()
-	return c.val, c.err
+func (f *flightGroup[T]) do(key string, fn func() (T, error)) (T, error) {
+	v, err, _ := f.g.Do(key, func() (any, error) { return fn() })
+	t, _ := v.(T)
+	return t, err
 }
